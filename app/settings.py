@@ -1,0 +1,51 @@
+"""Service settings (env prefix ``RISE_``): the engine's, plus HTTP, sessions and limits.
+
+This class is the single source of truth for the service's port and every ``RISE_*`` variable;
+the Docker and Kubernetes files are checked against it by the deployment tests.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from rise.engine.config import EngineSettings
+
+DEFAULT_PORT = 8000
+
+
+class Settings(EngineSettings):
+    """Everything the service reads from the environment."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    served_model_name: str | None = Field(
+        None, description="Name under /v1/models; defaults to the model's name."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis for sessions (redis://host:6379/0); unset = in-process memory."
+    )
+    session_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long sessions live.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted Bearer keys, comma separated; empty = no authentication.",
+    )
+    max_turns: int = Field(10, ge=1, le=50, description="Upper bound on turns per request.")
+    default_max_turns: int = Field(5, ge=1)
+    max_tokens: int = Field(1024, ge=1, description="Upper bound on tokens per turn.")
+    max_concurrent_solves: int = Field(32, ge=1, description="Solves running at once.")
+    max_queued_solves: int = Field(64, ge=0, description="Solves waiting beyond those; then 429.")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
+    log_level: str = Field("info")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_turns(self) -> Settings:
+        if self.default_max_turns > self.max_turns:
+            raise ValueError("default_max_turns must not exceed max_turns")
+        return self

@@ -1,0 +1,74 @@
+"""The engine contract the turn loop runs on: token ids in, token deltas out.
+
+Kept tiny on purpose (after vLLM's ``EngineClient``): ``generate`` is an async iterator that
+aborts its own request when cancelled, ``abort`` stops a request by id, ``check_health`` raises
+when the engine cannot serve. The loop and the service depend on this protocol only, so unit
+tests can drive the loop with a scripted engine while integration tests use the real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Per-request sampling; ``seed`` is honoured where the backend supports it (GPU)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """New tokens since the previous chunk of the same request."""
+
+    token_ids: list[int]
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort" on the last chunk
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (known once scheduled)
+
+
+class EngineError(RuntimeError):
+    """The engine failed or is not running; the request may be retried elsewhere."""
+
+
+class PromptTooLongError(ValueError):
+    """A prompt does not fit the model's context window with room for one new token."""
+
+    def __init__(self, prompt_tokens: int, max_model_len: int) -> None:
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens; the model's context window is {max_model_len}"
+        )
+        self.prompt_tokens = prompt_tokens
+        self.max_model_len = max_model_len
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the RISE loop needs from an inference engine."""
+
+    model_name: str
+    tokenizer: Any
+    max_model_len: int
+
+    def generate(
+        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+    ) -> AsyncIterator[GenerationChunk]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests submitted and not finished."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,47 @@
+"""Engine settings: which model, and how vLLM holds it (env prefix ``RISE_``).
+
+The service's settings extend this class, so an engine is configured by the same ``RISE_*``
+variables whether it runs under the CLI, the service, or the trainer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class EngineSettings(BaseSettings):
+    """How to build the vLLM engine; every field is a ``RISE_<NAME>`` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="RISE_", extra="ignore", protected_namespaces=())
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Local model folder or Hugging Face id; the default is prepared from the "
+        "bundled GGUF when no hub is reachable.",
+    )
+    data_dir: Path = Field(
+        Path.home() / ".cache" / "rise", description="Cache for prepared models and engine files."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = float32 on CPU (bf16 is slower on AVX2), bfloat16 on GPU."
+    )
+    max_model_len: int = Field(4096, ge=128, description="Context window in tokens.")
+    kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV-cache size in GiB.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once.")
+    block_size: int | None = Field(None, ge=1, description="KV block size (prefix-cache unit).")
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture; default: on for CPU, off for GPU."
+    )
+    cpu_threads: int | None = Field(
+        None, ge=1, description="CPU only: engine threads; default: every core."
+    )
+    seed: int = Field(0, description="Engine-wide sampling seed.")
+    enable_prefix_caching: bool = True

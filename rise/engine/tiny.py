@@ -1,0 +1,143 @@
+"""A tiny chat model built locally in seconds, for tests and benchmarks on machines without a hub.
+
+A random-weight Llama (~0.6M parameters) with a byte-level BPE tokenizer trained here on a
+small built-in corpus, a ChatML chat template and ``<|im_end|>`` as end of turn — the same
+conversation format as the default SmolLM2 model, so every code path (rendering, continuation,
+prefix caching, training) runs for real. ``train_parrot`` optionally teaches it one fixed reply,
+which gives integration tests a model whose answers are known in advance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+_CORPUS = [
+    "Solve the following math problem step by step. Put your final answer in \\boxed{}.",
+    "The answer is incorrect. Please try again. Here's the question:",
+    "A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May.",
+    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
+    "First we add the numbers. Then we multiply the result by two and subtract three.",
+    "So the total is 3 + 4 = 7, and 7 * 2 = 14. The final answer is \\boxed{14}.",
+    "Let x be the number of apples. Then 2x + 5 = 17, so x = 6. Therefore \\boxed{6}.",
+    "\\frac{1}{2} + \\frac{1}{3} = \\frac{5}{6} and \\sqrt{16} = 4 and 10 - 3 = 7.",
+    "How many minutes are in 3 hours? There are 60 minutes in an hour, so 180 minutes.",
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 25 30 40 50 60 70 80 90 100 1000",
+]
+
+
+def build_tiny_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 1024,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_position_embeddings: int = 8192,
+) -> Path:
+    """Write a random-weight Llama and its tokenizer to ``path`` (a Hugging Face folder)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(vocab_size)
+    tokenizer.save_pretrained(path)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads // 2,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        tie_word_embeddings=False,
+        architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024):  # -> PreTrainedTokenizerFast
+    """A byte-level BPE tokenizer with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def train_parrot(path: Path, reply: str, *, steps: int = 300, lr: float = 3e-3) -> Path:
+    """Teach the model at ``path`` to answer every prompt with ``reply`` (in place).
+
+    The prompts vary (questions, turn counts, the introspection prompt) so the reply is
+    learned as *the* response to any chat, not to one prefix.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rise.prompts import PromptConfig, render_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    prompts = PromptConfig()
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    examples: list[tuple[list[int], list[int]]] = []
+    for i, sentence in enumerate(_CORPUS):
+        messages = [{"role": "user", "content": prompts.first_user_message(sentence)}]
+        for _ in range(i % 3):
+            messages += [
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": prompts.introspection_message(sentence)},
+            ]
+        prompt_ids = render_chat(tokenizer, messages, add_generation_prompt=True)
+        examples.append((prompt_ids + reply_ids, [-100] * len(prompt_ids) + reply_ids))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        input_ids, labels = examples[step % len(examples)]
+        out = model(input_ids=torch.tensor([input_ids]), labels=torch.tensor([labels]))
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(path, safe_serialization=True)
+    (path / "rise-parrot.json").write_text(json.dumps({"reply": reply, "loss": out.loss.item()}))
+    return path

@@ -1,0 +1,88 @@
+"""Shared fixtures: the tiny models (built once per session), their vLLM engines, the data dir.
+
+Integration tests use the real vLLM CPU engine; it starts in a subprocess (~30 s), so each
+engine is built once per session and shared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+PARROT_REPLY = "The answer is \\boxed{7}."
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def parrot_reply() -> str:
+    return PARROT_REPLY
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"expected the shared data beside the repo at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rise.engine.tiny import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight tiny Llama with a ChatML tokenizer."""
+    from rise.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def parrot_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama taught to answer every chat with PARROT_REPLY (answer 7)."""
+    from rise.engine.tiny import build_tiny_model, train_parrot
+
+    path = build_tiny_model(tmp_path_factory.mktemp("parrot-model"), seed=1)
+    return train_parrot(path, PARROT_REPLY)
+
+
+def engine_settings(model_dir: Path, data_dir: Path, **overrides):
+    from rise.engine import EngineSettings
+
+    values = dict(
+        model=str(model_dir),
+        data_dir=data_dir,
+        max_model_len=4096,
+        kv_cache_gib=0.25,
+        block_size=32,
+        max_num_seqs=64,
+    )
+    values.update(overrides)
+    return EngineSettings(**values)
+
+
+@pytest.fixture(scope="session")
+async def tiny_engine(tiny_model_dir: Path, tmp_path_factory) -> AsyncIterator:
+    from rise.engine import build_engine
+
+    engine = build_engine(engine_settings(tiny_model_dir, tmp_path_factory.mktemp("data")))
+    yield engine
+    await engine.close()
+
+
+@pytest.fixture(scope="session")
+async def parrot_engine(parrot_model_dir: Path, tmp_path_factory) -> AsyncIterator:
+    from rise.engine import build_engine
+
+    engine = build_engine(engine_settings(parrot_model_dir, tmp_path_factory.mktemp("data")))
+    yield engine
+    await engine.close()

@@ -1,0 +1,85 @@
+"""The loop on the real vLLM CPU engine: token-level turns, prefix caching, stops, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rise.engine import SamplingConfig
+from rise.episode import Outcome, StopReason
+from rise.loop import LoopConfig, TokenEvent, TurnLoop, new_episode
+from rise.prompts import ChatRenderer
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    f"Problem {i}: a farmer has {i + 3} cows and buys {2 * i + 1} more." for i in range(10)
+]
+
+
+async def test_vllm_five_turns_over_many_episodes_extend_and_hit_cache(tiny_engine) -> None:
+    loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
+    episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS]
+    sampling = SamplingConfig(temperature=0.0, max_tokens=48)
+    await loop.run(episodes, LoopConfig(max_turns=5, sampling=sampling))
+    for episode in episodes:
+        assert len(episode.turns) == 5 and episode.stop_reason is StopReason.MAX_TURNS
+        for before, after in zip(episode.turns, episode.turns[1:], strict=False):
+            prefix = before.prompt_ids + before.output_ids
+            assert after.prompt_ids[: len(prefix)] == prefix
+            assert after.cached_tokens > 0
+            assert after.cached_tokens <= len(after.prompt_ids)
+        assert all(turn.output_ids and turn.latency_s > 0 for turn in episode.turns)
+        assert all(turn.finish_reason in {"stop", "length"} for turn in episode.turns)
+
+
+async def test_vllm_greedy_text_matches_output_ids(tiny_engine) -> None:
+    loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
+    episode = new_episode(QUESTIONS[0])
+    await loop.run([episode], LoopConfig(max_turns=2, sampling=SamplingConfig(0.0, 1.0, 32)))
+    for turn in episode.turns:
+        assert tiny_engine.tokenizer.decode(turn.output_ids, skip_special_tokens=True) == turn.text
+
+
+async def test_vllm_oracle_stop(parrot_engine) -> None:
+    loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
+    right = [new_episode(q, reference="7", grader="gsm8k") for q in QUESTIONS[:4]]
+    wrong = [new_episode(q, reference="8", grader="gsm8k") for q in QUESTIONS[4:8]]
+    config = LoopConfig(max_turns=3, oracle=True, sampling=SamplingConfig(0.0, 1.0, 40))
+    await loop.run(right + wrong, config)
+    for episode in right:
+        assert episode.answers == ["7"] and episode.stop_reason is StopReason.ORACLE
+        assert episode.turns[0].outcome is Outcome.CORRECT
+    for episode in wrong:
+        assert episode.answers == ["7", "7", "7"]
+        assert episode.stop_reason is StopReason.MAX_TURNS
+
+
+async def test_vllm_convergence_stop(parrot_engine) -> None:
+    loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
+    episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS[:8]]
+    config = LoopConfig(max_turns=5, converge_k=2, sampling=SamplingConfig(0.0, 1.0, 40))
+    await loop.run(episodes, config)
+    for episode in episodes:
+        assert episode.stop_reason is StopReason.CONVERGED and len(episode.turns) == 2
+        assert episode.final_answer == "7"
+
+
+async def test_vllm_cancellation_aborts_engine_request(tiny_engine) -> None:
+    loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
+    episode = new_episode(QUESTIONS[0])
+    # Long turns and a stop string the random model is unlikely to write soon.
+    config = LoopConfig(max_turns=5, sampling=SamplingConfig(0.0, 1.0, 3000))
+    stream = loop.stream([episode], config)
+    tokens = 0
+    async for event in stream:
+        if isinstance(event, TokenEvent):
+            tokens += len(event.token_ids)
+            if tokens >= 5:
+                break
+    await stream.aclose()
+    assert episode.stop_reason is StopReason.CANCELLED
+    assert tiny_engine.queue_depth == 0
+    await asyncio.sleep(0.2)
+    assert tiny_engine.llm.get_num_unfinished_requests() == 0
