@@ -1,0 +1,272 @@
+"""Trajectories → examples: criteria, weights, loss mask, de-dup, shuffle, truncation, rendering."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rise_train.build import (
+    IGNORE_INDEX,
+    BuildConfig,
+    build,
+    build_examples,
+    keeps,
+    read_examples,
+    rwr_weight,
+    truncate_left,
+)
+
+OUTCOME = {1.0: "correct", 0.0: "wrong", -1.0: "unparseable"}
+
+
+def _cand(reward: float, output_ids: list[int]) -> dict[str, Any]:
+    return {
+        "text": f"answer {output_ids}",
+        "output_ids": output_ids,
+        "ended_with_eos": True,
+        "outcome": OUTCOME[reward],
+        "reward": reward,
+        "source": "policy",
+    }
+
+
+def _trajectory(pid: str, turns: list[list[float]], chosen: list[int] | None = None) -> dict:
+    """A trajectory whose turn t has candidates with rewards ``turns[t]``.
+
+    Prompt ids are made unique per (problem, turn) and target ids per candidate, so examples
+    can be told apart by their ids.
+    """
+    base = sum(map(ord, pid)) * 1000
+    out = []
+    for t, rewards in enumerate(turns):
+        pick = chosen[t] if chosen else rewards.index(max(rewards))
+        out.append(
+            {
+                "index": t,
+                "user_message": f"turn {t}",
+                "prompt_ids": [base + 10 * t + k for k in range(5 + t)],
+                "candidates": [
+                    _cand(r, [base + 500 + 10 * t + c, 2]) for c, r in enumerate(rewards)
+                ],
+                "chosen": pick,
+            }
+        )
+    return {"problem_id": pid, "question": "q", "reference": "1", "grader": "gsm8k", "turns": out}
+
+
+def _kept(criteria: str, trajectories: list[dict], **kw: Any) -> set[tuple[str, int]]:
+    config = BuildConfig(criteria=criteria, shuffle=False, **kw)
+    examples, _ = build_examples(trajectories, config)
+    return {(e["problem_id"], e["turn"]) for e in examples}
+
+
+TRAJECTORIES = [
+    _trajectory("a", [[0.0], [1.0]]),  # wrong → correct
+    _trajectory("b", [[1.0]]),  # correct at once
+    _trajectory("c", [[-1.0], [0.0]]),  # unparseable → wrong
+    _trajectory("d", [[0.0], [-1.0], [0.0]]),  # wrong → unparseable → wrong
+]
+
+
+def test_build_criteria_all_keeps_every_chosen_action() -> None:
+    assert _kept("all", TRAJECTORIES) == {
+        ("a", 0), ("a", 1), ("b", 0), ("c", 0), ("c", 1), ("d", 0), ("d", 1), ("d", 2)
+    }  # fmt: skip
+
+
+def test_build_criteria_better_beats_previous_turn() -> None:
+    # Turn 0 competes with a wrong answer's reward (0): kept only when correct.
+    assert _kept("better", TRAJECTORIES) == {("a", 1), ("b", 0), ("c", 1), ("d", 2)}
+
+
+def test_build_criteria_best_not_worse_than_any_earlier() -> None:
+    assert _kept("best", TRAJECTORIES) == {
+        ("a", 0), ("a", 1), ("b", 0), ("c", 0), ("c", 1), ("d", 0), ("d", 2)
+    }  # fmt: skip
+
+
+def test_build_criteria_success_only_correct() -> None:
+    assert _kept("success", TRAJECTORIES) == {("a", 1), ("b", 0)}
+
+
+def test_keeps_candidates_compare_with_chosen_history() -> None:
+    assert keeps("better", 0.0, [-1.0, 0.0]) is False
+    assert keeps("best", 0.0, [-1.0, 0.0]) is True
+    assert keeps("best", -1.0, []) is True
+    with pytest.raises(ValueError):
+        keeps("most", 1.0, [])
+
+
+def test_build_config_rejects_unknown_values() -> None:
+    with pytest.raises(ValueError, match="criteria"):
+        BuildConfig(criteria="most")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="weighting"):
+        BuildConfig(weighting="ppo")  # type: ignore[arg-type]
+
+
+def test_rwr_weight_values() -> None:
+    assert round(rwr_weight(1.0), 2) == 12.18
+    assert rwr_weight(0.0) == 1.0
+    assert round(rwr_weight(-1.0), 3) == 0.082
+    examples, _ = build_examples(TRAJECTORIES, BuildConfig(shuffle=False))
+    by_key = {(e["problem_id"], e["turn"]): e for e in examples}
+    assert by_key[("a", 1)]["weight"] == pytest.approx(math.exp(2.5))
+    assert by_key[("a", 0)]["weight"] == 1.0
+    assert by_key[("c", 0)]["weight"] == pytest.approx(math.exp(-2.5))
+    assert by_key[("a", 1)]["reward"] == 1.0 and by_key[("a", 1)]["outcome"] == "correct"
+
+
+def test_build_uniform_weights() -> None:
+    examples, _ = build_examples(TRAJECTORIES, BuildConfig(weighting="uniform"))
+    assert len(examples) == 8
+    assert {e["weight"] for e in examples} == {1.0}
+
+
+def test_build_awr_centred_on_all_attempts_of_the_problem() -> None:
+    # Turn 0: wrong, unparseable, wrong, wrong (chosen 0); turn 1: correct, wrong (chosen 0).
+    trajectory = _trajectory("p", [[0.0, -1.0, 0.0, 0.0], [1.0, 0.0]])
+    same = _trajectory("s", [[0.0, 0.0]])  # every attempt equal: advantage 0 everywhere
+    mean = (4 * 1.0 + math.exp(-2.5) + math.exp(2.5)) / 6
+    config = BuildConfig(weighting="awr", shuffle=False)
+    examples, stats = build_examples([trajectory, same], config)
+    # The wrong chosen turn 0 is below the mean: clipped to 0 and dropped.
+    assert [(e["problem_id"], e["turn"]) for e in examples] == [("p", 1)]
+    assert examples[0]["weight"] == pytest.approx(math.exp(2.5) - mean)
+    assert stats.zero_weight == 2
+    every, _ = build_examples(
+        [trajectory], BuildConfig(weighting="awr", shuffle=False, include_candidates=True)
+    )
+    assert len(every) == 1  # only the correct candidate beats the problem's mean
+
+
+def test_build_include_candidates_makes_every_attempt_an_example() -> None:
+    trajectory = _trajectory("p", [[0.0, -1.0, 0.0], [1.0, 0.0]])
+    config = BuildConfig(shuffle=False, include_candidates=True, weighting="uniform")
+    examples, stats = build_examples([trajectory], config)
+    assert stats.actions == 5
+    assert [(e["turn"], e["reward"]) for e in examples] == [
+        (0, 0.0), (0, -1.0), (0, 0.0), (1, 1.0), (1, 0.0)
+    ]  # fmt: skip
+    better, _ = build_examples(
+        [trajectory], BuildConfig(criteria="better", shuffle=False, include_candidates=True)
+    )
+    assert [(e["turn"], e["reward"]) for e in better] == [(1, 1.0)]
+
+
+def test_build_loss_mask_covers_target_only() -> None:
+    examples, _ = build_examples([_trajectory("a", [[0.0], [1.0]])], BuildConfig(shuffle=False))
+    turn1 = TRAJECTORIES[0]["turns"][1]
+    prompt, target = turn1["prompt_ids"], turn1["candidates"][0]["output_ids"]
+    example = examples[1]
+    assert example["input_ids"] == prompt + target
+    assert example["labels"] == [IGNORE_INDEX] * len(prompt) + target
+    assert len(example["input_ids"]) == len(example["labels"])
+
+
+def test_build_dedups_identical_pairs() -> None:
+    twice = [_trajectory("a", [[0.0], [1.0]]), _trajectory("a", [[0.0], [1.0]])]
+    examples, stats = build_examples(twice, BuildConfig())
+    assert len(examples) == 2 and stats.duplicates == 2
+    kept, _ = build_examples(twice, BuildConfig(dedup=False))
+    assert len(kept) == 4
+
+
+def _order(trajectories: list[dict], **kw: Any) -> list[tuple[str, int]]:
+    examples, _ = build_examples(trajectories, BuildConfig(**kw))
+    return [(e["problem_id"], e["turn"]) for e in examples]
+
+
+def test_build_shuffle_is_deterministic() -> None:
+    many = [_trajectory(f"q{i}", [[0.0], [1.0]]) for i in range(20)]
+    assert _order(many, seed=7) == _order(many, seed=7)
+    assert _order(many, seed=7) != _order(many, seed=8)
+    unshuffled = _order(many, shuffle=False)
+    shuffled = _order(many, seed=7)
+    assert sorted(shuffled) == sorted(unshuffled)
+    assert shuffled != unshuffled
+
+
+def test_truncate_left_keeps_target() -> None:
+    prompt, target = list(range(10)), [100, 101, 102, 103]
+    assert truncate_left(prompt, target, 20) == (prompt, target)
+    assert truncate_left(prompt, target, 8) == ([6, 7, 8, 9], target)
+    assert truncate_left(prompt, target, 5) == ([9], target)
+    assert truncate_left(prompt, target, 4) is None  # no context token left to predict from
+    assert truncate_left(prompt, target, None) == (prompt, target)
+
+
+def test_build_truncates_and_drops_too_long() -> None:
+    trajectory = _trajectory("a", [[0.0], [1.0]])  # prompts of 5 and 6 tokens, targets of 2
+    examples, stats = build_examples([trajectory], BuildConfig(shuffle=False, max_length=7))
+    assert [len(e["input_ids"]) for e in examples] == [7, 7]
+    assert (
+        examples[1]["input_ids"]
+        == trajectory["turns"][1]["prompt_ids"][-5:] + examples[1]["labels"][-2:]
+    )
+    assert stats.truncated == 1
+    _, dropped = build_examples([trajectory], BuildConfig(max_length=2))
+    assert dropped.too_long == 2 and dropped.examples == 0
+
+
+def test_build_drops_empty_targets() -> None:
+    trajectory = _trajectory("a", [[0.0]])
+    trajectory["turns"][0]["candidates"][0]["output_ids"] = []
+    examples, stats = build_examples([trajectory], BuildConfig())
+    assert examples == [] and stats.empty_target == 1
+
+
+def test_build_renders_text_only_trajectories(tiny_tokenizer: Any) -> None:
+    from rise.prompts import ChatRenderer
+
+    renderer = ChatRenderer(tiny_tokenizer)
+    context = [{"role": "system", "content": "Be brief."}]
+    users = ["Solve 3 + 4.", "The answer is incorrect. Please try again."]
+    texts = ["It is 8. \\boxed{8}", "It is 7. \\boxed{7}"]
+    trajectory = {
+        "problem_id": "t",
+        "question": "3 + 4",
+        "context": context,
+        "turns": [
+            {"index": t, "user_message": users[t], "chosen": 0,
+             "candidates": [{"text": texts[t], "reward": float(t), "source": "teacher"}]}
+            for t in range(2)
+        ],
+    }  # fmt: skip
+    examples, _ = build_examples([trajectory], BuildConfig(shuffle=False), renderer=renderer)
+    prompt0 = renderer.render([*context, {"role": "user", "content": users[0]}])
+    target0, _ = renderer.response_ids(texts[0])
+    target1, _ = renderer.response_ids(texts[1])
+    prompt1 = prompt0 + target0 + renderer.continuation_ids(users[1], ended_with_eos=True)
+    assert examples[0]["input_ids"] == prompt0 + target0
+    assert examples[1]["input_ids"] == prompt1 + target1
+    assert examples[1]["labels"] == [IGNORE_INDEX] * len(prompt1) + target1
+    # The rendered state is the chat template's rendering of the whole conversation.
+    full = renderer.render(
+        [*context, {"role": "user", "content": users[0]},
+         {"role": "assistant", "content": texts[0]}, {"role": "user", "content": users[1]}]
+    )  # fmt: skip
+    assert tiny_tokenizer.decode(prompt1) == tiny_tokenizer.decode(full)
+
+
+def test_build_text_only_without_tokenizer_is_an_error() -> None:
+    trajectory = _trajectory("a", [[1.0]])
+    del trajectory["turns"][0]["prompt_ids"]
+    with pytest.raises(ValueError, match="without token ids"):
+        build_examples([trajectory], BuildConfig())
+
+
+def test_build_files_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "trajectories.jsonl"
+    source.write_text("".join(json.dumps(t) + "\n" for t in TRAJECTORIES))
+    stats = build(source, tmp_path / "out" / "examples.jsonl", BuildConfig(criteria="success"))
+    examples = read_examples(tmp_path / "out" / "examples.jsonl")
+    assert stats.examples == len(examples) == 2
+    assert stats.by_outcome == {"correct": 2}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{}\n[1]\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
+        build(bad, tmp_path / "x.jsonl")
