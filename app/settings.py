@@ -6,7 +6,10 @@ the Docker and Kubernetes files are checked against it by the deployment tests.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
 
 from rise.engine.config import EngineSettings
 
@@ -25,7 +28,7 @@ class Settings(EngineSettings):
         None, description="Redis for sessions (redis://host:6379/0); unset = in-process memory."
     )
     session_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="How long sessions live.")
-    api_keys: list[str] = Field(
+    api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Accepted Bearer keys, comma separated; empty = no authentication.",
     )

