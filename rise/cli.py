@@ -101,7 +101,9 @@ async def _solve(
 ) -> None:
     from rise.engine import build_engine
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a CLI shows answers, not engine logs
+    # A CLI shows answers, not engine logs; and stdout stays clean for --json.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     typer.echo(f"Starting the engine on {settings.model} …", err=True)
     started = time.perf_counter()
     engine = build_engine(settings)
