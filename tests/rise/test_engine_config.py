@@ -1,0 +1,74 @@
+"""Engine settings → vLLM arguments, per device; the per-request seed path (GPU only)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rise.engine import EngineSettings, SamplingConfig
+from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
+from rise.engine.vllm_engine import configure_cpu_environment, engine_layout, sampling_params
+
+
+def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
+    settings = EngineSettings(model="m", kv_cache_gib=0.5, block_size=32, data_dir=tmp_path)
+    layout = engine_layout(settings, tmp_path, gpu=False)
+    assert layout.kwargs["dtype"] == "float32"
+    assert layout.kwargs["enforce_eager"] is True
+    assert layout.kwargs["kv_cache_memory_bytes"] == 1 << 29
+    assert layout.kwargs["enable_prefix_caching"] is True
+    assert layout.kwargs["block_size"] == 32
+    assert "gpu_memory_utilization" not in layout.kwargs
+    assert layout.per_request_seed is False
+
+
+def test_engine_layout_gpu_uses_bf16_graphs_and_memory_share(tmp_path: Path) -> None:
+    settings = EngineSettings(tensor_parallel_size=2, gpu_memory_utilization=0.8)
+    layout = engine_layout(settings, tmp_path, gpu=True)
+    assert layout.kwargs["dtype"] == "bfloat16"
+    assert layout.kwargs["enforce_eager"] is False
+    assert layout.kwargs["gpu_memory_utilization"] == 0.8
+    assert layout.kwargs["tensor_parallel_size"] == 2
+    assert "kv_cache_memory_bytes" not in layout.kwargs
+    assert layout.per_request_seed is True
+
+
+def test_sampling_params_keep_seed_only_where_supported() -> None:
+    sampling = SamplingConfig(temperature=0.8, top_p=0.9, max_tokens=64, seed=7, stop=("END",))
+    gpu = sampling_params(sampling, max_tokens=32, per_request_seed=True)
+    assert gpu.seed == 7 and gpu.max_tokens == 32 and gpu.stop == ["END"]
+    assert gpu.temperature == 0.8 and gpu.top_p == 0.9
+    cpu = sampling_params(sampling, max_tokens=32, per_request_seed=False)
+    assert cpu.seed is None  # the CPU sampler crashes on per-request seeds
+
+
+def test_engine_settings_read_rise_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RISE_MODEL", "/models/x")
+    monkeypatch.setenv("RISE_MAX_MODEL_LEN", "2048")
+    settings = EngineSettings()
+    assert settings.model == "/models/x" and settings.max_model_len == 2048
+
+
+def test_configure_cpu_environment_respects_existing_values(monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    configure_cpu_environment(None)
+    assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+
+
+def test_prepare_model_uses_local_folders_and_refuses_unknown(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "local"
+    folder.mkdir()
+    with pytest.raises(ModelUnavailableError, match=r"config\.json"):
+        prepare_model(str(folder), tmp_path)
+    (folder / "config.json").write_text("{}")
+    assert prepare_model(str(folder), tmp_path) == folder
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
+        prepare_model("someone/not-bundled", tmp_path)
+    assert cache_dir_for("default", tmp_path) == cache_dir_for(
+        "HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path
+    )
