@@ -1,0 +1,180 @@
+"""Evaluation metrics on hand-made episodes (exact numbers), Wilson intervals, the runner, files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from rise.answers import get_grader
+from rise.engine.base import GenerationChunk, SamplingConfig
+from rise.episode import Episode, Turn
+from rise_train.datasets import Problem
+from rise_train.evaluate import (
+    EvalConfig,
+    compute_metrics,
+    format_table,
+    plot_accuracy_by_turn,
+    read_report,
+    run_evaluation,
+    wilson_interval,
+    write_evaluation,
+)
+
+
+def episode(answers: Sequence[str | None], reference: str = "7", graded: bool = True) -> Episode:
+    """An episode whose turns answered ``answers`` (graded now, or left for the evaluator)."""
+    grader = get_grader("gsm8k")
+    turns = [
+        Turn(
+            index=i,
+            user_message="u",
+            prompt_ids=[],
+            output_ids=[],
+            text=f"answer {a}",
+            finish_reason="stop",
+            answer=a,
+            outcome=grader.grade(a, reference) if graded else None,
+        )
+        for i, a in enumerate(answers)
+    ]
+    return Episode(question="q", reference=reference, grader="gsm8k", turns=turns)
+
+
+# A: always right. B: wrong -> right. C: right -> wrong (a three-way tie at the end goes to the
+# latest answer, 6). D: reference 0.5; never right sequentially, right by the parallel vote
+# (\frac{1}{2}, 0.5 and 1/2 are one answer).
+EPISODES = [
+    episode(["7", "7", "7"]),
+    episode(["5", "7", "7"]),
+    episode(["7", "5", "6"]),
+    episode([None, "4", "4"], reference="0.5", graded=False),
+]
+PARALLEL = [
+    ["7", "7", "5", "5", "5"],
+    ["7", "8", "7", None, None],
+    ["6", "6", "7", "7", "7"],
+    ["\\frac{1}{2}", "0.5", "3", "3", "1/2"],
+]
+
+
+def counts(metric: dict) -> tuple[int, int]:
+    return metric["count"], metric["n"]
+
+
+def test_metrics_on_hand_made_episodes() -> None:
+    report = compute_metrics(EPISODES, 3, PARALLEL)
+    m = report["metrics"]
+    assert list(m) == ["m1@t1", "m5@t1", "m1@t3", "p1@t3", "acc@t1", "acc@t2", "acc@t3"]
+    assert counts(m["m1@t1"]) == (2, 4)
+    assert counts(m["m5@t1"]) == (3, 4)
+    assert counts(m["m1@t3"]) == (2, 4)
+    assert counts(m["p1@t3"]) == (3, 4)
+    assert [counts(m[f"acc@t{k}"]) for k in (1, 2, 3)] == [(2, 4), (2, 4), (2, 4)]
+    assert m["m5@t1"]["value"] == 0.75
+    per_turn = report["per_turn"]
+    assert [r["turn"] for r in per_turn] == [1, 2, 3]
+    assert [counts(r["vote"]) for r in per_turn] == [(2, 4), (2, 4), (2, 4)]
+    assert [counts(r["oracle"]) for r in per_turn] == [(2, 4), (3, 4), (3, 4)]
+    assert "wrong_to_right" not in per_turn[0]
+    assert counts(per_turn[1]["wrong_to_right"]) == (1, 4)  # B
+    assert counts(per_turn[1]["right_to_wrong"]) == (1, 4)  # C
+    assert counts(per_turn[2]["wrong_to_right"]) == (0, 4)
+    assert counts(per_turn[2]["right_to_wrong"]) == (0, 4)
+    for metric in m.values():
+        low, high = metric["ci95"]
+        assert (low, high) == pytest.approx(wilson_interval(metric["count"], metric["n"]))
+
+
+def test_metrics_without_parallel_and_with_short_episodes() -> None:
+    # A run cut short keeps its last answer for the turns it could not take.
+    report = compute_metrics([episode(["5", "7"]), episode([])], 4)
+    m = report["metrics"]
+    assert "m5@t1" not in m
+    assert [counts(m[f"acc@t{k}"]) for k in (1, 2, 3, 4)] == [(0, 2), (1, 2), (1, 2), (1, 2)]
+    assert counts(m["m1@t4"]) == (1, 2)  # 5, 7, 7, 7
+    assert counts(m["p1@t4"]) == (1, 2)
+
+
+def test_metrics_need_a_reference() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        compute_metrics([Episode(question="q", turns=episode(["7"], graded=False).turns)], 1)
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson_interval(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    assert wilson_interval(1, 64) == pytest.approx((0.0028, 0.0833), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    for k in range(0, 21):
+        low, high = wilson_interval(k, 20)
+        assert 0.0 <= low <= k / 20 <= high <= 1.0
+
+
+def test_report_files_plot_and_table(tmp_path) -> None:
+    base = compute_metrics(EPISODES, 3, PARALLEL)
+    tuned = compute_metrics(EPISODES[:2] * 2, 3, PARALLEL)
+    png = plot_accuracy_by_turn([("base", base), ("rise", tuned)], tmp_path / "p" / "acc.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = format_table([("base", base), ("rise", tuned)])
+    assert table.splitlines()[0].split() == ["model", "m1@t1", "m5@t1", "m1@t3", "p1@t3"]
+    assert "0.500 [0.15,0.85] 2/4" in table and table.splitlines()[2].startswith("rise")
+
+
+class TurnScriptedEngine:
+    """Answers ``6 + turn`` (so turn 2 is the first correct one for reference 7)."""
+
+    model_name = "scripted"
+    max_model_len = 100_000
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.seeds: list[int | None] = []
+
+    async def generate(
+        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+    ) -> AsyncIterator[GenerationChunk]:
+        self.seeds.append(sampling.seed)
+        turn = self.tokenizer.decode(prompt_ids).count("<|im_start|>assistant") - 1
+        reply = f"The answer is {6 + turn}."
+        ids = [*self.tokenizer(reply, add_special_tokens=False)["input_ids"]]
+        yield GenerationChunk([*ids, self.tokenizer.eos_token_id], reply, True, "stop")
+
+    async def abort(self, request_id: str) -> None:
+        return None
+
+    async def check_health(self) -> None:
+        return None
+
+    @property
+    def queue_depth(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_run_evaluation_on_scripted_engine(tmp_path, tiny_tokenizer) -> None:
+    engine = TurnScriptedEngine(tiny_tokenizer)
+    problems = [Problem(f"e-{i}", f"What is {i}?", "7", "t", "gsm8k") for i in range(3)]
+    config = EvalConfig(max_turns=3, n_parallel=4)
+    result = await run_evaluation(engine, problems, config, label="s", progress=False)
+    assert len(engine.seeds) == 3 * (3 + 3) and len(set(engine.seeds)) == len(engine.seeds)
+    assert all(len(e.turns) == 3 for e in result.episodes)
+    assert all(len(extra) == 3 for extra in result.parallel)
+    m = result.report["metrics"]
+    assert counts(m["m1@t1"]) == (0, 3) and counts(m["m4@t1"]) == (0, 3)
+    assert [counts(m[f"acc@t{k}"]) for k in (1, 2, 3)] == [(0, 3), (3, 3), (0, 3)]
+    assert counts(m["p1@t3"]) == (3, 3)
+    assert counts(m["m1@t3"]) == (0, 3)  # 6, 7, 8: a tie, the latest (8) wins
+    flips = result.report["per_turn"][2]
+    assert counts(flips["right_to_wrong"]) == (3, 3)
+    assert result.report["ci"].startswith("Wilson")
+    assert result.report["tokens"]["output"] > 0
+
+    path = write_evaluation(result, tmp_path)
+    assert read_report(tmp_path) == json.loads(path.read_text()) == result.report
+    rows = [json.loads(line) for line in (tmp_path / "episodes.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and len(rows[0]["turns"]) == 3 and len(rows[0]["parallel"]) == 3

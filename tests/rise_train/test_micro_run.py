@@ -1,0 +1,219 @@
+"""RISE iterations: resuming a run (no engine), and one iteration end to end on CPU.
+
+End to end: the tiny model goes through the real CLI, then the service.
+
+``python -m rise_train iterate`` runs in a subprocess (as a user would run it; its vLLM engines
+start and exit there): 16 GSM8K problems, 2 turns x 2 candidates, a few optimizer steps, base
+and tuned evaluations on 8 held-out problems. The test then checks the trajectories, the
+example weights, that training lowered the weighted loss on its own examples, and that the
+trained checkpoint is served by the RISE service (``python -m app``) and answers ``POST /solve``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rise_train.cli import app as cli_app
+from rise_train.datasets import Problem
+from rise_train.evaluate import compute_metrics
+from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
+from rise_train.train import WeightedCollator, weighted_nll
+
+REPO = Path(__file__).resolve().parents[2]
+REWARD = {"correct": 1.0, "wrong": 0.0, "unparseable": -1.0}
+ENGINE_FLAGS = ["--max-model-len", "4096", "--kv-cache-gib", "0.25", "--block-size", "32"]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def weighted_loss(model_dir: Path, examples: list[dict], pad_id: int) -> float:
+    """The training objective over every example in one batch (no dropout, no update)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    batch = WeightedCollator(pad_token_id=pad_id)(examples)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return float(weighted_nll(logits, batch["labels"], batch["weights"]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def solve_through_service(model_dir: Path, data_dir: Path, log: Path) -> dict:
+    """Start ``python -m app`` on the checkpoint, wait for /ready, POST /solve, stop it."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "RISE_MODEL": str(model_dir), "RISE_PORT": str(port), "RISE_DATA_DIR": str(data_dir),
+        "RISE_MAX_MODEL_LEN": "4096", "RISE_KV_CACHE_GIB": "0.25", "RISE_BLOCK_SIZE": "32",
+        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    }  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert proc.poll() is None, f"the service exited:\n{log.read_text()[-3000:]}"
+                try:
+                    if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, (
+                    f"not ready in 180 s:\n{log.read_text()[-3000:]}"
+                )
+                time.sleep(1)
+            body = {"question": "Tom has 3 apples and buys 4 more. How many?", "max_turns": 1,
+                    "max_tokens": 24}  # fmt: skip
+            response = httpx.post(f"{base}/solve", json=body, timeout=120)
+            assert response.status_code == 200, response.text
+            return response.json()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
+    run_dir, data_dir = tmp_path / "run", tmp_path / "data"
+    gsm8k = shared_data / "gsm8k"
+    command = [
+        sys.executable, "-m", "rise_train", "iterate",
+        "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", "16",
+        "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", "8",
+        "--model", str(tiny_model_dir), "--run-dir", str(run_dir), "--data-dir", str(data_dir),
+        "--turns", "2", "--samples", "2", "--max-tokens", "32",
+        "--eval-turns", "2", "--eval-parallel", "2",
+        "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "8", "--grad-accum", "1",
+        "--quiet", *ENGINE_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert "m1@t2" in done.stdout and "iter-0" in done.stdout
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (it,) = manifest["iterations"]
+    assert manifest["data"]["train"]["problems"] == 16 and manifest["data"]["eval"]["problems"] == 8
+    assert all(len(h) == 64 for h in manifest["data"]["train"]["files"].values())
+    stages = {s["stage"] for s in manifest["stages"]}
+    assert {"collect", "build", "train", "evaluate:base", "evaluate:iter-0"} <= stages
+    assert set(it["wall_s"]) >= {"collect", "build", "train"}
+
+    # Trajectories: one per problem, in order; chosen = first best; stop at the first success.
+    records = read_jsonl(run_dir / it["trajectories"])
+    problems = read_jsonl(run_dir / "problems" / "train.jsonl")
+    assert [r["problem_id"] for r in records] == [p["id"] for p in problems]
+    for record in records:
+        assert 1 <= len(record["turns"]) <= 2
+        for t, turn in enumerate(record["turns"]):
+            assert turn["index"] == t and len(turn["candidates"]) + turn["dropped"] == 2
+            rewards = [c["reward"] for c in turn["candidates"]]
+            assert turn["chosen"] == rewards.index(max(rewards))
+            assert all(REWARD[c["outcome"]] == c["reward"] for c in turn["candidates"])
+        outcomes = [t["candidates"][t["chosen"]]["outcome"] for t in record["turns"]]
+        assert "correct" not in outcomes[:-1]
+
+    # Examples: the chosen actions, loss only on the target, weight exp(r / 0.4).
+    examples = read_jsonl(run_dir / it["examples"])
+    assert 0 < len(examples) <= sum(len(r["turns"]) for r in records)
+    for ex in examples:
+        assert ex["weight"] == pytest.approx(math.exp(ex["reward"] / 0.4))
+        assert ex["reward"] == REWARD[ex["outcome"]]
+        n_context = next(i for i, label in enumerate(ex["labels"]) if label != -100)
+        assert ex["labels"][n_context:] == ex["input_ids"][n_context:] and n_context > 0
+
+    # Training: a few steps, and the weighted loss on its own examples went down.
+    train = it["train"]
+    assert 2 <= train["global_step"] <= 10 and train["losses"]
+    model_dir = run_dir / it["model"]
+    assert not list(model_dir.glob("checkpoint-*"))
+    from transformers import AutoTokenizer
+
+    pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id
+    before = weighted_loss(tiny_model_dir, examples, pad_id)
+    after = weighted_loss(model_dir, examples, pad_id)
+    print(f"micro run: weighted loss {before:.4f} -> {after:.4f}; logged {train['losses']}")
+    assert after < before
+
+    # Evaluations ran on vLLM for the base and for the checkpoint, and were plotted.
+    for label in ("base", "iter-0"):
+        report = json.loads((run_dir / manifest["evaluations"][label]["report"]).read_text())
+        assert set(report["metrics"]) >= {"m1@t1", "m2@t1", "m1@t2", "p1@t2", "acc@t2"}
+        assert report["problems"] == 8 and report["tokens"]["output"] > 0
+    assert (run_dir / "accuracy_by_turn.png").stat().st_size > 0
+    shown = CliRunner().invoke(cli_app, ["report", str(run_dir)])
+    assert shown.exit_code == 0 and "evaluate:iter-0" in shown.output
+
+    # The checkpoint serves through the RISE service.
+    solved = solve_through_service(model_dir, data_dir, tmp_path / "service.log")
+    assert solved["new_turns"] == 1 and len(solved["turns"]) == 1
+    assert solved["turns"][0]["completion_tokens"] > 0
+
+
+# -- resuming a run directory (no engine needed) -------------------------------------------------
+
+
+def _data(n: int, tag: str) -> DataSet:
+    return DataSet([Problem(f"{tag}-{i}", f"q{i}", "7", "t", "gsm8k") for i in range(n)], tag)
+
+
+def test_open_manifest_resumes_only_the_same_run(tmp_path: Path) -> None:
+    train, evals = _data(4, "train"), _data(2, "eval")
+    config = IterateConfig(run_dir=str(tmp_path))
+    manifest = open_manifest(tmp_path, config, train, evals)
+    assert manifest["iterations"] == [] and manifest["data"]["train"]["problems"] == 4
+    manifest["iterations"].append({"iteration": 0, "collect": {}})
+    save_manifest(tmp_path, manifest)
+    more = IterateConfig(run_dir=str(tmp_path), iterations=3, progress=False)
+    assert open_manifest(tmp_path, more, train, evals)["iterations"][0]["collect"] == {}
+    with pytest.raises(ValueError, match="different configuration or data"):
+        open_manifest(tmp_path, IterateConfig(run_dir=str(tmp_path), model="other"), train, evals)
+    with pytest.raises(ValueError, match="different configuration or data"):
+        open_manifest(tmp_path, config, _data(5, "train"), evals)
+
+
+def test_run_skips_finished_stages(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A finished run directory is read back without starting an engine or training."""
+    train, evals = _data(4, "train"), _data(2, "eval")
+    config = IterateConfig(run_dir=str(tmp_path), model=str(tiny_model_dir))
+    manifest = open_manifest(tmp_path, config, train, evals)
+    report = compute_metrics([], 5)
+    for label in ("base", "iter-0"):
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "report.json").write_text(json.dumps(report))
+        manifest["evaluations"][label] = {"report": f"{label}/report.json", "metrics": {}}
+    manifest["iterations"] = [{"iteration": 0, "collect": {}, "build": {}, "train": {},
+                               "model": "iter-0/model"}]  # fmt: skip
+    save_manifest(tmp_path, manifest)
+    done = run(config, train, evals)
+    assert done["final_model"] == str(tmp_path / "iter-0" / "model")
+    assert [s["stage"] for s in done["stages"]] == ["prepare_model"]
+    assert (tmp_path / "accuracy_by_turn.png").exists()
+    assert "prepare_model" in format_run(done)
