@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rise.answers import get_grader
+from rise.episode import Episode, Outcome, Turn
+from rise.voting import Vote
+
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
@@ -79,6 +83,44 @@ class Metrics:
         self.rejected = Counter(
             "rise_solves_rejected", "Solves refused with 429 beyond the queue.", registry=r
         )
+        # Export every fixed label value from the start (at 0), so dashboards and rate() see
+        # the series before the first event of its kind.
+        for kind in ("changed", "wrong_to_right", "right_to_wrong"):
+            self.answer_changes.labels(kind)
+        for kind in ("prompt", "generated", "cached"):
+            self.tokens.labels(kind)
+
+    # -- recording (called by app.service) ------------------------------------------------
+
+    def record_turn(self, episode: Episode, turn: Turn) -> None:
+        """Tokens of one finished turn, and how its answer moved from the previous turn's."""
+        self.tokens.labels("prompt").inc(turn.prompt_tokens)
+        self.tokens.labels("generated").inc(turn.output_tokens)
+        self.tokens.labels("cached").inc(turn.cached_tokens)
+        if turn.index == 0 or turn.index > len(episode.turns):
+            return
+        previous = episode.turns[turn.index - 1]
+        before, after = previous.answer, turn.answer
+        if before is None or after is None:
+            changed = before is not after
+        else:
+            changed = not get_grader(episode.grader).equivalent(before, after)
+        if changed:
+            self.answer_changes.labels("changed").inc()
+        if previous.outcome is not None and turn.outcome is not None:
+            was, now = previous.outcome is Outcome.CORRECT, turn.outcome is Outcome.CORRECT
+            if now and not was:
+                self.answer_changes.labels("wrong_to_right").inc()
+            elif was and not now:
+                self.answer_changes.labels("right_to_wrong").inc()
+
+    def record_episode(self, mode: str, episode: Episode, vote: Vote | None) -> None:
+        """One finished (or cancelled) episode: its stop reason, turns and vote margin."""
+        reason = episode.stop_reason.value if episode.stop_reason is not None else "unknown"
+        self.solves.labels(mode, reason).inc()
+        self.turns_used.observe(len(episode.turns))
+        if vote is not None and vote.total:
+            self.vote_margin.observe(vote.margin)
 
 
 # Metric families queried by the dashboard and the autoscaler (sample names as exported).

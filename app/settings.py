@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
+from rise.answers import GRADER_NAMES
 from rise.engine.config import EngineSettings
 
 DEFAULT_PORT = 8000
@@ -39,12 +40,41 @@ class Settings(EngineSettings):
     max_queued_solves: int = Field(64, ge=0, description="Solves waiting beyond those; then 429.")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
     log_level: str = Field("info")
+    # -- added with the service (app/) ------------------------------------------------------
+    default_grader: str = Field(
+        "gsm8k",
+        description="Grader when a request names none: gsm8k reads \\boxed{} or the last number.",
+    )
+    max_choices: int = Field(8, ge=1, le=128, description="Upper bound on OpenAI `n`.")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 429 and 503.")
+    shutdown_grace_s: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM, how long running solves may finish before they are "
+        "cancelled and persisted as they stand.",
+    )
+    redis_timeout_s: float = Field(
+        2.0, gt=0, description="Socket timeout of each Redis call; an outage answers 503 after it."
+    )
+    session_lease_s: int = Field(
+        300,
+        ge=10,
+        description="A running solve holds its session this long (renewed per turn) "
+        "so that no other replica continues it at the same time.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("default_grader")
+    @classmethod
+    def _known_grader(cls, value: str) -> str:
+        if value not in GRADER_NAMES:
+            raise ValueError(f"unknown grader {value!r}; expected one of {', '.join(GRADER_NAMES)}")
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,31 @@
+"""Operations: /health (the process answers), /ready (engine and store answer), /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ServiceDep
+from app.schemas import ERROR_RESPONSES, Status
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", response_model=Status)
+async def health() -> Status:
+    """Liveness: the process serves HTTP."""
+    return Status(status="ok")
+
+
+@router.get("/ready", response_model=Status, responses={503: ERROR_RESPONSES[503]})
+async def ready(service: ServiceDep) -> Status:
+    """Readiness: the engine is loaded and healthy and the session store answers (else 503)."""
+    await service.check_ready()
+    return Status(status="ready", model=service.model_name)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request, service: ServiceDep) -> Response:
+    """Prometheus metrics of this replica."""
+    await service.refresh_gauges()
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
