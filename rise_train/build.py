@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rise.episode import Episode, Turn
+from rise_train.datasets import jsonl_rows
 
 IGNORE_INDEX = -100
 CRITERIA = ("all", "better", "best", "success")
@@ -350,18 +351,8 @@ class _LazyRenderer:
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL file; a bad line raises ValueError naming the file and line."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            yield row
+    for _, row in jsonl_rows(path):
+        yield row
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:

@@ -114,7 +114,7 @@ def load_problems(
         path = Path(location)
         if not path.is_file():
             raise FileNotFoundError(f"no such problem file: {path}")
-        rows = list(_jsonl_rows(path))
+        rows = list(jsonl_rows(path))
         where, stem = str(path), path.stem
         default_source = kind if kind in ("gsm8k", "math") else path.stem
     if kind in ("gsm8k", "math"):
@@ -222,8 +222,11 @@ def _parse_spec(spec: str) -> tuple[str, str]:
     )
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(0-based line, row) pairs; blank lines skipped, bad lines name file and line."""
+def jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(0-based line, row) pairs; blank lines skipped, bad lines name file and line.
+
+    The project's one JSONL reader (datasets, trajectories, examples)."""
+    path = Path(path)
     with path.open(encoding="utf-8") as f:
         for index, line in enumerate(f):
             if not line.strip():
