@@ -51,7 +51,7 @@ def test_cli_solves_a_gsm8k_problem_in_two_turns(data_dir: Path, shared_data: Pa
             "--turns",
             "2",
             "--max-tokens",
-            "256",
+            "128",
             "--temperature",
             "0",
             "--json",
@@ -59,7 +59,7 @@ def test_cli_solves_a_gsm8k_problem_in_two_turns(data_dir: Path, shared_data: Pa
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=840,
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
