@@ -22,11 +22,11 @@ import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from app.errors import StoreUnavailable
-from rise.episode import Episode, Turn
+from rise.episode import Episode
 
 T = TypeVar("T")
 _PREFIX = "rise:session:"
@@ -75,9 +75,6 @@ class Session:
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
         )
-
-
-_TURN_FIELDS = tuple(f.name for f in fields(Turn))
 
 
 def episode_dict(episode: Episode) -> dict[str, Any]:
