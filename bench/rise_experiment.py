@@ -27,10 +27,17 @@ import sys
 import time
 from pathlib import Path
 
+from rise.episode import Episode
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig
 from rise_train.datasets import Problem
-from rise_train.evaluate import EvalConfig, format_table
+from rise_train.evaluate import (
+    EvalConfig,
+    compute_metrics,
+    format_paired,
+    format_table,
+    paired_comparison,
+)
 from rise_train.iterate import DataSet, IterateConfig, format_run, run
 
 NAMES = ["Tom", "Ana", "Sam", "Mia", "Leo", "Ivy", "Ben", "Zoe", "Max", "Eva", "Raj", "Lin"]
@@ -139,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--kv-cache-gib", type=float, default=3.0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--summarize", action="store_true",
+        help="only (re)write results.json and the tables of an existing --run-dir",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -173,21 +184,40 @@ def main(argv: list[str] | None = None) -> int:
         ),
         progress=not args.quiet,
     )  # fmt: skip
-    spec = f"generated arithmetic (seed {args.seed}, two-step {args.two_step})"
-    manifest = run(config, DataSet(train, spec + " train"), DataSet(held, spec + " eval"))
-
     run_dir = Path(args.run_dir)
-    results = summarize(manifest, run_dir, time.perf_counter() - start)
+    if args.summarize:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        wall_s = sum(stage["wall_s"] for stage in manifest["stages"])
+    else:
+        spec = f"generated arithmetic (seed {args.seed}, two-step {args.two_step})"
+        manifest = run(config, DataSet(train, spec + " train"), DataSet(held, spec + " eval"))
+        wall_s = time.perf_counter() - start
+    results = summarize(manifest, run_dir, wall_s)
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     print(format_run(manifest))
     print()
     print(format_table([(k, {"metrics": v}) for k, v in results["metrics"].items()]))
+    print()
+    for name, gain in results["sequential_gain"].items():
+        print(format_paired(f"{name} gain", gain))
+    for name, paired in results["rise_minus_base"].items():
+        print(format_paired(f"RISE-base {name}", paired))
+    for name, share in results["identical_turns"].items():
+        print(f"{name}: {share:.0%} of later turns repeat the previous turn's text verbatim")
     print()
     for name, value in results["throughput"].items():
         print(f"{name:<34} {value:10.1f}")
     print(f"{'total wall time (s)':<34} {results['wall_s']:10.1f}")
     print(f"\nresults: {run_dir / 'results.json'}   plot: {run_dir / 'accuracy_by_turn.png'}")
     return 0
+
+
+def episode_report(run_dir: Path, report_path: str, max_turns: int) -> dict:
+    """Metrics recomputed from the stored episodes (per-problem flags, repeats, gain)."""
+    episodes_file = (run_dir / report_path).parent / "episodes.jsonl"
+    with episodes_file.open() as f:
+        episodes = [Episode.from_dict(json.loads(line)) for line in f]
+    return compute_metrics(episodes, max_turns)
 
 
 def summarize(manifest: dict, run_dir: Path, wall_s: float) -> dict:
@@ -209,6 +239,17 @@ def summarize(manifest: dict, run_dir: Path, wall_s: float) -> dict:
     }
     for label, e in evaluations.items():
         throughput[f"evaluate {label} output tok/s"] = e["tokens"]["output_per_s"]
+    max_turns = manifest["config"]["evaluate"]["max_turns"]
+    reports = {
+        names.get(label, label): episode_report(run_dir, e["report"], max_turns)
+        for label, e in evaluations.items()
+    }
+    identical = {
+        name: sum(row["identical_to_previous"]["count"] for row in r["per_turn"][1:])
+        / max(1, sum(row["identical_to_previous"]["n"] for row in r["per_turn"][1:]))
+        for name, r in reports.items()
+    }
+    paired = paired_comparison(reports["base"], reports["RISE"])
     return {
         "metrics": metrics,
         "per_turn_accuracy": {
@@ -218,6 +259,9 @@ def summarize(manifest: dict, run_dir: Path, wall_s: float) -> dict:
             ]
             for label, e in evaluations.items()
         },
+        "sequential_gain": {name: r["sequential_gain"] for name, r in reports.items()},
+        "rise_minus_base": {k: v for k, v in paired.items() if k != "problems"},
+        "identical_turns": identical,
         "collect": collect,
         "train": {k: train[k] for k in ("global_step", "training_loss", "losses")},
         "examples": len(examples),

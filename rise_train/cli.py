@@ -305,6 +305,10 @@ def evaluate(
     plot = ev.plot_accuracy_by_turn(reports, Path(o.output_dir) / "accuracy_by_turn.png")
     typer.echo(ev.format_table(reports))
     typer.echo(ev.format_per_turn(result.report))
+    for other_name, other in others:
+        paired = ev.paired_comparison(other, result.report)
+        if paired:
+            typer.echo(ev.format_comparison(name, other_name, paired))
     typer.echo(f"report: {report_path}\nplot: {plot}")
 
 

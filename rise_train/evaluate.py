@@ -17,7 +17,12 @@ normal approximation):
   go to the latest turn, as :func:`rise.voting.majority_vote` does).
 - ``p1@tN``: any of the N turns is correct (oracle).
 - ``acc@tk``: turn k alone is correct, k = 1..N; plus per turn the vote and the oracle over
-  turns 1..k, and the flips from turn k-1 to k (wrong→right, right→wrong).
+  turns 1..k, the flips from turn k-1 to k (wrong→right, right→wrong), and how many turns
+  repeat the previous turn's text verbatim (a small model tuned on its own rollouts can learn
+  to copy its last attempt, which freezes the vote: worth seeing next to the flips).
+- ``sequential_gain``: m1@tN − m1@t1, as the mean of the per-problem differences with a paired
+  95% interval (normal approximation on the differences; both metrics come from the same
+  episodes, so an unpaired comparison of the two Wilson intervals would be far too wide).
 
 An episode cut short (its prompt outgrew the context window) keeps its last answer for the
 turns it could not take: that is the answer such a run would have returned.
@@ -72,6 +77,71 @@ class Proportion:
     def to_dict(self) -> dict[str, Any]:
         low, high = wilson_interval(self.count, self.n)
         return {"value": self.value, "count": self.count, "n": self.n, "ci95": [low, high]}
+
+
+def paired_mean(differences: Sequence[float], z: float = Z95) -> dict[str, Any]:
+    """Mean of per-problem differences with a normal-approximation 95% interval.
+
+    For paired comparisons on the same problems (turn N's vote vs turn 1, tuned vs base).
+    ``better``/``worse`` count the problems whose difference is positive/negative.
+    """
+    n = len(differences)
+    if n == 0:
+        return {"value": 0.0, "n": 0, "better": 0, "worse": 0, "ci95": [0.0, 0.0]}
+    mean = sum(differences) / n
+    variance = sum((d - mean) ** 2 for d in differences) / n  # of the differences themselves
+    half = z * math.sqrt(variance / n)
+    return {
+        "value": mean,
+        "n": n,
+        "better": sum(1 for d in differences if d > 0),
+        "worse": sum(1 for d in differences if d < 0),
+        "ci95": [mean - half, mean + half],
+    }
+
+
+def paired_comparison(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
+    """Tuned minus base on the problems both reports share, paired by problem id.
+
+    ``m1@t1`` and ``m1@tN`` are per-problem differences of correctness; ``sequential_gain`` is
+    the difference of the per-problem gains (m1@tN − m1@t1) — RISE's claim is that it is > 0.
+    Reports written before the per-problem flags existed give an empty dict.
+    """
+    if "per_problem" not in base or "per_problem" not in tuned:
+        return {}
+
+    def flags(report: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        rows = report["per_problem"]
+        return {
+            i: (int(a), int(b))
+            for i, a, b in zip(rows["ids"], rows["first_turn"], rows["final_vote"], strict=True)
+        }
+
+    b, t = flags(base), flags(tuned)
+    shared = [i for i in t if i in b]
+    n_turns = len(tuned["per_turn"])
+    return {
+        "problems": len(shared),
+        "m1@t1": paired_mean([t[i][0] - b[i][0] for i in shared]),
+        f"m1@t{n_turns}": paired_mean([t[i][1] - b[i][1] for i in shared]),
+        "sequential_gain": paired_mean([(t[i][1] - t[i][0]) - (b[i][1] - b[i][0]) for i in shared]),
+    }
+
+
+def format_comparison(name: str, other_name: str, paired: dict[str, Any]) -> str:
+    """The lines of a :func:`paired_comparison` of ``name`` against ``other_name``."""
+    lines = [f"{name} minus {other_name}, paired over {paired['problems']} problems:"]
+    lines += ["  " + format_paired(k, v) for k, v in paired.items() if k != "problems"]
+    return "\n".join(lines)
+
+
+def format_paired(name: str, m: dict[str, Any]) -> str:
+    """``name  +0.047 [-0.02,+0.11]  (5 better, 2 worse of 64)``."""
+    low, high = m["ci95"]
+    return (
+        f"{name:<26} {m['value']:+.3f} [{low:+.2f},{high:+.2f}]  "
+        f"({m['better']} better, {m['worse']} worse of {m['n']})"
+    )
 
 
 # -- metrics from episodes ------------------------------------------------------------------------
@@ -142,6 +212,12 @@ def compute_metrics(
             row["right_to_wrong"] = count(
                 lambda i, k=k: correct[i][k - 1] and not correct[i][k]
             ).to_dict()
+            row["identical_to_previous"] = count(
+                lambda i, k=k: (
+                    k < len(episodes[i].turns)
+                    and episodes[i].turns[k].text == episodes[i].turns[k - 1].text
+                )
+            ).to_dict()
         per_turn.append(row)
 
     metrics: dict[str, Any] = {"m1@t1": per_turn[0]["accuracy"]}
@@ -154,7 +230,19 @@ def compute_metrics(
     metrics[f"p1@t{max_turns}"] = per_turn[-1]["oracle"]
     for row in per_turn:
         metrics[f"acc@t{row['turn']}"] = row["accuracy"]
-    return {"metrics": metrics, "per_turn": per_turn}
+    first = [c[0] for c in correct]
+    final_vote = [v[-1] for v in vote]
+    gains = [int(b) - int(a) for a, b in zip(first, final_vote, strict=True)]
+    return {
+        "metrics": metrics,
+        "per_turn": per_turn,
+        "sequential_gain": paired_mean(gains),
+        "per_problem": {
+            "ids": [str(e.metadata.get("problem_id", e.id)) for e in episodes],
+            "first_turn": first,
+            "final_vote": final_vote,
+        },
+    }
 
 
 def headline(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -377,11 +465,15 @@ def format_table(reports: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 def format_per_turn(report: dict[str, Any]) -> str:
     """Per turn: accuracy, the running vote and oracle, and the flips from the previous turn."""
-    lines = ["turn  acc@tk  vote@1..k  oracle@1..k  wrong->right  right->wrong"]
+    lines = ["turn  acc@tk  vote@1..k  oracle@1..k  wrong->right  right->wrong  same text"]
+    keys = ("wrong_to_right", "right_to_wrong", "identical_to_previous")
     for row in report["per_turn"]:
-        flips = [row[k]["count"] if k in row else "-" for k in ("wrong_to_right", "right_to_wrong")]
+        flips = [row[k]["count"] if k in row else "-" for k in keys]
         lines.append(
             f"{row['turn']:<5} {row['accuracy']['value']:<7.3f} {row['vote']['value']:<10.3f} "
-            f"{row['oracle']['value']:<12.3f} {flips[0]!s:<13} {flips[1]!s}"
+            f"{row['oracle']['value']:<12.3f} {flips[0]!s:<13} {flips[1]!s:<13} {flips[2]!s}"
         )
+    gain = report.get("sequential_gain")
+    if gain:
+        lines.append(format_paired(f"m1@t{len(report['per_turn'])} - m1@t1", gain))
     return "\n".join(lines)

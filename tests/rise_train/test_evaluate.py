@@ -14,7 +14,11 @@ from rise_train.datasets import Problem
 from rise_train.evaluate import (
     EvalConfig,
     compute_metrics,
+    format_comparison,
+    format_per_turn,
     format_table,
+    paired_comparison,
+    paired_mean,
     plot_accuracy_by_turn,
     read_report,
     run_evaluation,
@@ -85,6 +89,54 @@ def test_metrics_on_hand_made_episodes() -> None:
     for metric in m.values():
         low, high = metric["ci95"]
         assert (low, high) == pytest.approx(wilson_interval(metric["count"], metric["n"]))
+
+
+def test_sequential_gain_and_repeated_turns() -> None:
+    report = compute_metrics(EPISODES, 3, PARALLEL)
+    # per problem, final vote minus first turn: A 0, B +1, C -1, D 0
+    gain = report["sequential_gain"]
+    assert (gain["value"], gain["n"], gain["better"], gain["worse"]) == (0.0, 4, 1, 1)
+    half = 1.959963984540054 * (0.5 / 4) ** 0.5  # variance of (0, 1, -1, 0) is 0.5
+    assert gain["ci95"] == pytest.approx([-half, half])
+    # turn 2 repeats turn 1's text only in A; turn 3 repeats turn 2 in A, B and D
+    per_turn = report["per_turn"]
+    assert "identical_to_previous" not in per_turn[0]
+    assert [counts(r["identical_to_previous"]) for r in per_turn[1:]] == [(1, 4), (3, 4)]
+    assert report["per_problem"]["first_turn"] == [True, False, True, False]
+    assert report["per_problem"]["final_vote"] == [True, True, False, False]
+    text = format_per_turn(report)
+    assert text.splitlines()[0].endswith("same text")
+    assert "m1@t3 - m1@t1              +0.000 [-0.69,+0.69]  (1 better, 1 worse of 4)" in text
+
+
+def test_paired_comparison_pairs_problems_by_id() -> None:
+    def tagged(episodes: list[Episode], ids: str) -> list[Episode]:
+        for e, problem_id in zip(episodes, ids, strict=True):
+            e.metadata["problem_id"] = problem_id
+        return episodes
+
+    base = compute_metrics(tagged(list(EPISODES), "ABCD"), 3)
+    tuned_episodes = [
+        episode(["7", "7", "7"]),  # E: not in base, left out
+        episode(["5", "7", "7"]),  # C: wrong first, right by vote (base: right, then wrong)
+        episode(["7", "7", "7"]),  # B: right from the start
+        episode(["7", "7", "7"]),  # A: unchanged
+        episode([None, "4", "4"], reference="0.5", graded=False),  # D: unchanged
+    ]
+    tuned = compute_metrics(tagged(tuned_episodes, "ECBAD"), 3)
+    paired = paired_comparison(base, tuned)
+    assert paired["problems"] == 4
+    assert paired["m1@t1"]["value"] == 0.0  # B +1, C -1
+    assert (paired["m1@t3"]["value"], paired["m1@t3"]["better"]) == (0.25, 1)  # C
+    # gains: base (A 0, B +1, C -1, D 0), tuned (0, 0, +1, 0): differences 0, -1, +2, 0
+    gain = paired["sequential_gain"]
+    assert (gain["value"], gain["better"], gain["worse"]) == (0.25, 1, 1)
+    lines = format_comparison("rise", "base", paired).splitlines()
+    assert lines[0] == "rise minus base, paired over 4 problems:"
+    assert [line.split()[0] for line in lines[1:]] == ["m1@t1", "m1@t3", "sequential_gain"]
+    assert lines[3].split()[1] == "+0.250" and lines[3].endswith("(1 better, 1 worse of 4)")
+    assert paired_comparison({"metrics": {}}, tuned) == {}
+    assert paired_mean([])["n"] == 0
 
 
 def test_metrics_without_parallel_and_with_short_episodes() -> None:

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from rise_train.cli import app as cli_app
 from rise_train.datasets import Problem
-from rise_train.evaluate import compute_metrics
+from rise_train.evaluate import compute_metrics, paired_comparison
 from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
 from rise_train.train import WeightedCollator, weighted_nll
 
@@ -167,6 +167,13 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
         report = json.loads((run_dir / manifest["evaluations"][label]["report"]).read_text())
         assert set(report["metrics"]) >= {"m1@t1", "m2@t1", "m1@t2", "p1@t2", "acc@t2"}
         assert report["problems"] == 8 and report["tokens"]["output"] > 0
+    reports = [
+        json.loads((run_dir / manifest["evaluations"][label]["report"]).read_text())
+        for label in ("base", "iter-0")
+    ]
+    eval_ids = [p["id"] for p in read_jsonl(run_dir / "problems" / "eval.jsonl")]
+    assert all(r["per_problem"]["ids"] == eval_ids for r in reports)
+    assert paired_comparison(*reports)["problems"] == 8
     assert (run_dir / "accuracy_by_turn.png").stat().st_size > 0
     shown = CliRunner().invoke(cli_app, ["report", str(run_dir)])
     assert shown.exit_code == 0 and "evaluate:iter-0" in shown.output
