@@ -188,11 +188,18 @@ class TurnLoop:
             first_token_s=first_token_s,
         )
 
-    async def run_episode(self, episode: Episode, config: LoopConfig, emit: Emit) -> Episode:
-        """Take turns until a stopping rule fires; emits events as it goes."""
+    async def run_episode(
+        self, episode: Episode, config: LoopConfig, emit: Emit, position: int = 0
+    ) -> Episode:
+        """Take turns until a stopping rule fires; emits events as it goes.
+
+        With a seed, each turn samples with one derived from (seed, ``position``, turn index):
+        parallel episodes of one request (their ``position`` differs) and successive turns
+        draw different samples, and a rerun draws the same ones.
+        """
         try:
             while (reason := stop_reason(episode, config)) is None:
-                sampling = config.sampling
+                sampling = config.sampling.derived(position, len(episode.turns))
                 if config.token_budget is not None:
                     left = config.token_budget - episode.output_tokens
                     sampling = replace(sampling, max_tokens=min(sampling.max_tokens, left))
@@ -229,15 +236,15 @@ class TurnLoop:
         """
         queue: asyncio.Queue[LoopEvent | BaseException] = asyncio.Queue()
 
-        async def run(episode: Episode) -> None:
+        async def run(episode: Episode, position: int) -> None:
             try:
-                await self.run_episode(episode, config, queue.put_nowait)
+                await self.run_episode(episode, config, queue.put_nowait, position)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:
                 queue.put_nowait(error)
 
-        tasks = [asyncio.create_task(run(episode)) for episode in episodes]
+        tasks = [asyncio.create_task(run(e, i)) for i, e in enumerate(episodes)]
         remaining = len(tasks)
         try:
             while remaining:

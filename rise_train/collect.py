@@ -23,7 +23,6 @@ plus the fixed submission order is what there is.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rise.answers import get_grader
-from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
+from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
 from rise.episode import Episode, Outcome, Turn
 from rise.loop import TurnLoop, new_episode
 from rise.prompts import ChatRenderer, PromptConfig
@@ -87,15 +86,6 @@ class CollectConfig:
 
 
 # -- pure helpers -----------------------------------------------------------------------------
-
-
-def request_seed(seed: int, *parts: object) -> int:
-    """A stable 31-bit seed for one request, e.g. (seed, problem id, turn, candidate).
-
-    A hash rather than arithmetic, so neighbouring problems or candidates never share a stream.
-    """
-    key = json.dumps([seed, *[str(p) for p in parts]])
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 def is_degenerate(text: str, max_word_repeats: int = 150) -> bool:
@@ -190,7 +180,7 @@ class Collector:
 
     def sampling(self, problem_id: str, turn: int, candidate: int) -> SamplingConfig:
         c = self.config
-        seed = request_seed(c.seed, c.iteration, problem_id, turn, candidate)
+        seed = derive_seed(c.seed, c.iteration, problem_id, turn, candidate)
         return SamplingConfig(c.temperature, c.top_p, c.max_tokens, seed=seed)
 
     async def candidates(self, problem: Problem, episode: Episode) -> list[tuple[Turn, str]]:

@@ -40,12 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from rise.answers import get_grader
-from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
+from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
 from rise.episode import Episode, Outcome, StopReason, Turn
 from rise.loop import TurnLoop, choose_answer, new_episode
 from rise.prompts import ChatRenderer, PromptConfig
 from rise.voting import majority_vote
-from rise_train.collect import request_seed
 from rise_train.datasets import Problem
 
 Z95 = 1.959963984540054
@@ -300,7 +299,7 @@ async def run_evaluation(
     start = time.perf_counter()
 
     def sampling(problem: Problem, turn: int, sample: int) -> SamplingConfig:
-        seed = request_seed(config.seed, "eval", problem.id, turn, sample)
+        seed = derive_seed(config.seed, "eval", problem.id, turn, sample)
         return SamplingConfig(config.temperature, config.top_p, config.max_tokens, seed=seed)
 
     def fresh(problem: Problem) -> Episode:

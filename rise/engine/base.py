@@ -8,8 +8,10 @@ tests can drive the loop with a scripted engine while integration tests use the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -22,6 +24,23 @@ class SamplingConfig:
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    def derived(self, *parts: object) -> SamplingConfig:
+        """This config with its seed replaced by one derived from ``parts`` (None stays None).
+
+        Parallel episodes and later turns must not reuse one seed: on GPU, n choices of one
+        prompt with the same seed would be n copies of one sample.
+        """
+        return self if self.seed is None else replace(self, seed=derive_seed(self.seed, *parts))
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 31-bit seed for one request, e.g. (seed, problem id, turn, candidate).
+
+    A hash rather than arithmetic, so neighbouring problems or candidates never share a stream.
+    """
+    key = json.dumps([seed, *[str(p) for p in parts]])
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

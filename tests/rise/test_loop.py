@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from rise.engine.base import GenerationChunk, PromptTooLongError, SamplingConfig
+from rise.engine.base import GenerationChunk, PromptTooLongError, SamplingConfig, derive_seed
 from rise.episode import Outcome, StopReason
 from rise.loop import (
     EpisodeEvent,
@@ -96,6 +96,23 @@ async def test_loop_runs_fixed_turns_and_votes(tiny_tokenizer) -> None:
     assert two.final_answer == "2"
     assert none.answers[:3] == [None, None, None] and none.final_answer == "8"
     assert len(engine.requests) == 15
+
+
+async def test_loop_derives_a_seed_per_episode_and_turn(tiny_tokenizer) -> None:
+    config = LoopConfig(max_turns=2, sampling=SamplingConfig(seed=11))
+    drawn = []
+    for _ in range(2):
+        loop, engine = _loop(tiny_tokenizer)
+        # n = 2 choices of one prompt, as /v1/chat/completions sends them
+        await loop.run([new_episode("Q-one"), new_episode("Q-one")], config)
+        drawn.append(sorted(s.seed for _, _, s in engine.requests))
+    assert drawn[0] == drawn[1]  # a rerun draws the same samples
+    assert len(set(drawn[0])) == 4  # 2 choices x 2 turns, all different
+    expected = {derive_seed(11, position, turn) for position in (0, 1) for turn in (0, 1)}
+    assert set(drawn[0]) == expected
+    loop, engine = _loop(tiny_tokenizer)
+    await loop.run([new_episode("Q-one")], LoopConfig(max_turns=2))
+    assert [s.seed for _, _, s in engine.requests] == [None, None]
 
 
 async def test_loop_last_mode_takes_last_answer(tiny_tokenizer) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rise.engine.base import EngineError, GenerationChunk, SamplingConfig
+from rise.engine.base import EngineError, GenerationChunk, SamplingConfig, derive_seed
 from rise_train.build import BuildConfig, build_examples
 from rise_train.collect import (
     CollectConfig,
@@ -22,7 +22,6 @@ from rise_train.collect import (
     first_best,
     is_degenerate,
     read_trajectory_file,
-    request_seed,
 )
 from rise_train.datasets import Problem
 
@@ -51,7 +50,7 @@ class SeedScriptedEngine:
         self.tokenizer = tokenizer
         self.script = script  # (i, turn, candidate) -> reply; missing -> "The answer is 0."
         self.by_seed = {
-            request_seed(config.seed, config.iteration, p.id, t, c): (i, t, c)
+            derive_seed(config.seed, config.iteration, p.id, t, c): (i, t, c)
             for i, p in enumerate(problems)
             for t in range(config.max_turns)
             for c in range(config.n_samples + 8)
@@ -122,10 +121,10 @@ def test_first_best_keeps_the_first_maximum() -> None:
 
 
 def test_request_seed_is_stable_and_distinct() -> None:
-    seeds = {request_seed(3, 0, pid, t, c) for pid in "ab" for t in range(2) for c in range(4)}
+    seeds = {derive_seed(3, 0, pid, t, c) for pid in "ab" for t in range(2) for c in range(4)}
     assert len(seeds) == 16 and all(0 <= s < 2**31 for s in seeds)
-    assert request_seed(3, 0, "a", 1, 2) == request_seed(3, 0, "a", 1, 2)
-    assert request_seed(3, 0, "a", 1, 2) != request_seed(4, 0, "a", 1, 2)
+    assert derive_seed(3, 0, "a", 1, 2) == derive_seed(3, 0, "a", 1, 2)
+    assert derive_seed(3, 0, "a", 1, 2) != derive_seed(4, 0, "a", 1, 2)
 
 
 def test_config_rejects_bad_values() -> None:
