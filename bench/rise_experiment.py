@@ -122,6 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--run-dir", default="runs/rise-experiment", help="output directory")
     p.add_argument("--model", default="default", help="base model (default: bundled SmolLM2)")
+    p.add_argument("--iterations", type=int, default=1, help="RISE iterations (K)")
     p.add_argument("--train", type=int, default=96, help="training problems")
     p.add_argument("--eval", type=int, default=64, help="held-out problems")
     p.add_argument("--two-step", type=float, default=0.5, help="fraction of two-step problems")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "lora": args.lora, "save_strategy": "no",
     }  # fmt: skip
     config = IterateConfig(
-        run_dir=args.run_dir, model=args.model, iterations=1, engine=engine,
+        run_dir=args.run_dir, model=args.model, iterations=args.iterations, engine=engine,
         collect=CollectConfig(
             max_turns=args.turns, n_samples=args.samples, temperature=args.temperature,
             max_tokens=args.max_tokens, seed=args.seed,
@@ -200,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, gain in results["sequential_gain"].items():
         print(format_paired(f"{name} gain", gain))
-    for name, paired in results["rise_minus_base"].items():
-        print(format_paired(f"RISE-base {name}", paired))
+    for model, comparison in results["minus_base"].items():
+        for name, paired in comparison.items():
+            print(format_paired(f"{model}-base {name}", paired))
     for name, share in results["identical_turns"].items():
         print(f"{name}: {share:.0%} of later turns repeat the previous turn's text verbatim")
     print()
@@ -220,28 +222,27 @@ def episode_report(run_dir: Path, report_path: str, max_turns: int) -> dict:
     return compute_metrics(episodes, max_turns)
 
 
+def model_name(label: str, iterations: int) -> str:
+    """base, RISE (one iteration) or RISE-1..RISE-K."""
+    if label == "base":
+        return label
+    k = int(label.removeprefix("iter-")) + 1
+    return "RISE" if iterations == 1 else f"RISE-{k}"
+
+
 def summarize(manifest: dict, run_dir: Path, wall_s: float) -> dict:
-    """Headline metrics of base vs RISE, stage times and throughputs, for results.json."""
+    """Headline metrics of base vs each RISE iteration, stage times and throughputs."""
     evaluations = manifest["evaluations"]
-    names = {"base": "base", "iter-0": "RISE"}
+    iterations = manifest["iterations"]
+    names = {label: model_name(label, len(iterations)) for label in evaluations}
+    max_turns = manifest["config"]["evaluate"]["max_turns"]
+    epochs = manifest["config"]["train"].get("num_train_epochs", 3.0)
     metrics = {
-        names.get(label, label): {k: v for k, v in e["metrics"].items() if not k.startswith("acc")}
+        names[label]: {k: v for k, v in e["metrics"].items() if not k.startswith("acc")}
         for label, e in evaluations.items()
     }
-    (it,) = manifest["iterations"]
-    collect, train = it["collect"], it["train"]
-    examples = [json.loads(line) for line in (run_dir / it["examples"]).open()]
-    example_tokens = sum(len(e["input_ids"]) for e in examples)
-    epochs = manifest["config"]["train"].get("num_train_epochs", 3.0)
-    throughput = {
-        "collect output tok/s": collect["output_tokens"] / max(collect["wall_s"], 1e-9),
-        "train example tok/s": example_tokens * epochs / max(it["wall_s"]["train"], 1e-9),
-    }
-    for label, e in evaluations.items():
-        throughput[f"evaluate {label} output tok/s"] = e["tokens"]["output_per_s"]
-    max_turns = manifest["config"]["evaluate"]["max_turns"]
     reports = {
-        names.get(label, label): episode_report(run_dir, e["report"], max_turns)
+        names[label]: episode_report(run_dir, e["report"], max_turns)
         for label, e in evaluations.items()
     }
     identical = {
@@ -249,26 +250,48 @@ def summarize(manifest: dict, run_dir: Path, wall_s: float) -> dict:
         / max(1, sum(row["identical_to_previous"]["n"] for row in r["per_turn"][1:]))
         for name, r in reports.items()
     }
-    paired = paired_comparison(reports["base"], reports["RISE"])
+    throughput: dict[str, float] = {}
+    per_iteration = []
+    for it in iterations:
+        k = it["iteration"]
+        collect, train = it["collect"], it["train"]
+        examples = [json.loads(line) for line in (run_dir / it["examples"]).open()]
+        example_tokens = sum(len(e["input_ids"]) for e in examples)
+        throughput[f"iter {k} collect output tok/s"] = collect["output_tokens"] / max(
+            collect["wall_s"], 1e-9
+        )
+        throughput[f"iter {k} train example tok/s"] = (
+            example_tokens * epochs / max(it["wall_s"]["train"], 1e-9)
+        )
+        per_iteration.append(
+            {
+                "iteration": k,
+                "collect": collect,
+                "train": {k: train[k] for k in ("global_step", "training_loss", "losses")},
+                "examples": len(examples),
+            }
+        )
+    for label, e in evaluations.items():
+        throughput[f"evaluate {label} output tok/s"] = e["tokens"]["output_per_s"]
+    minus_base = {}
+    for name, report in reports.items():
+        if name != "base":
+            paired = paired_comparison(reports["base"], report)
+            minus_base[name] = {k: v for k, v in paired.items() if k != "problems"}
     return {
         "metrics": metrics,
         "per_turn_accuracy": {
-            names.get(label, label): [
-                e["metrics"][f"acc@t{k}"]["value"]
-                for k in range(1, manifest["config"]["evaluate"]["max_turns"] + 1)
-            ]
+            names[label]: [e["metrics"][f"acc@t{k}"]["value"] for k in range(1, max_turns + 1)]
             for label, e in evaluations.items()
         },
         "sequential_gain": {name: r["sequential_gain"] for name, r in reports.items()},
-        "rise_minus_base": {k: v for k, v in paired.items() if k != "problems"},
+        "minus_base": minus_base,
         "identical_turns": identical,
-        "collect": collect,
-        "train": {k: train[k] for k in ("global_step", "training_loss", "losses")},
-        "examples": len(examples),
+        "iterations": per_iteration,
         "stages": manifest["stages"],
         "throughput": throughput,
         "wall_s": wall_s,
-        "ci": "Wilson score interval, 95%",
+        "ci": "Wilson score interval, 95%; differences: paired over problems, normal approx.",
     }
 
 
