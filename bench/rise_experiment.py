@@ -1,21 +1,25 @@
-"""One RISE iteration of the bundled SmolLM2-135M-Instruct, base vs tuned, on held-out problems.
+"""RISE on the bundled SmolLM2-135M-Instruct, base vs tuned, on held-out problems.
 
-Not a CI test: ``python bench/rise_experiment.py`` (defaults sized for ~30-40 minutes on 2 CPU
-cores; ``--help`` for the sizes). GSM8K is out of reach for a 135M model (about 0/64 greedy and
-4/64 sampled), so the problems are generated here: one- and two-step arithmetic word problems
-("Tom has 7 apples and buys 5 more. ...") that it solves sometimes — room to improve in both
-directions. Training and held-out problems come from disjoint seeds and share no question; the
-gsm8k grader reads ``\\boxed{}`` or else the last number.
+Not a CI test: ``python bench/rise_experiment.py`` (one iteration, ~25 minutes on 2 CPU cores;
+``--help`` for the sizes; the README lists the exact runs and their results). GSM8K is out of
+reach for a 135M model (about 0/64 greedy and 4/64 sampled), so the problems are generated here:
+one-step arithmetic word problems ("Tom has 7 apples and buys 5 more. ...", ``--two-step`` mixes
+in two-step ones) that it solves sometimes — room to improve in both directions. Training and
+held-out problems come from disjoint seeds and share no question; the gsm8k grader reads
+``\\boxed{}`` or else the last number.
 
 Sampling defaults to temperature 0.7, not the paper's 1.0: at 1.0 this 135M model mostly
 rambles to the token cap (slow, and nothing to learn from); at 0.7 it stays coherent and still
-varies between samples. Measured here (64 generated held-out problems, first turn, 256 tokens):
-4/64 correct greedy and 4/64 at 0.7, mean response ~160 tokens.
+varies between samples. Measured here (64 held-out problems, first turn, 256 tokens): 4/64
+correct, mean response ~160 tokens.
 
 The run is an ordinary ``rise_train.iterate`` run directory (manifest, trajectories, examples,
-model, reports, plot); this script adds the generated problems, a ``results.json`` with the
-headline metrics (m1@t1, m5@t1, m1@t5, p1@t5 with 95% Wilson intervals), per-stage wall times
-and throughputs, and prints the comparison table.
+models, reports, plot), so rerunning with a larger ``--iterations`` continues it. This script
+adds the generated problems and a ``results.json``: the headline metrics (m1@t1, m5@t1, m1@t5,
+p1@t5 with 95% Wilson intervals), the sequential gain m1@t5 − m1@t1 of each model and each
+tuned model's difference from the base (paired over problems), how often a turn repeats the
+previous one verbatim, per-stage wall times and throughputs. ``--summarize`` recomputes it from
+an existing run directory without an engine.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=1, help="RISE iterations (K)")
     p.add_argument("--train", type=int, default=96, help="training problems")
     p.add_argument("--eval", type=int, default=64, help="held-out problems")
-    p.add_argument("--two-step", type=float, default=0.5, help="fraction of two-step problems")
+    p.add_argument("--two-step", type=float, default=0.0, help="fraction of two-step problems")
     p.add_argument("--samples", type=int, default=4, help="policy candidates per turn (N)")
     p.add_argument("--turns", type=int, default=2, help="turns per training rollout (T)")
     p.add_argument("--eval-turns", type=int, default=5, help="sequential turns at evaluation")
