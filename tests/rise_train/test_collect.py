@@ -120,7 +120,7 @@ def test_first_best_keeps_the_first_maximum() -> None:
     assert first_best([-1.0, 0.0, 0.0]) == 1
 
 
-def test_request_seed_is_stable_and_distinct() -> None:
+def test_derive_seed_is_stable_and_distinct() -> None:
     seeds = {derive_seed(3, 0, pid, t, c) for pid in "ab" for t in range(2) for c in range(4)}
     assert len(seeds) == 16 and all(0 <= s < 2**31 for s in seeds)
     assert derive_seed(3, 0, "a", 1, 2) == derive_seed(3, 0, "a", 1, 2)
