@@ -172,7 +172,9 @@ def live(
         RISE_MAX_CONCURRENT_SOLVES="2",
         RISE_MAX_QUEUED_SOLVES="2",
         RISE_MAX_CHOICES="4",
-        RISE_SHUTDOWN_GRACE_S="1",
+        # No grace: on an idle machine the tiny model finishes a whole 4096-token solve within
+        # a second, so any grace would let the restart test's "in-flight" solve complete.
+        RISE_SHUTDOWN_GRACE_S="0",
         RISE_REDIS_TIMEOUT_S="5",
         RISE_LOG_LEVEL="warning",
         HF_HUB_OFFLINE="1",
