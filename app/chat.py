@@ -37,10 +37,17 @@ from app.schemas import (
     PromptTokensDetails,
     RiseChoice,
 )
-from app.service import ServiceEvent, SolveJob, SolveService, Started, TurnPlan, check_bound
+from app.service import (
+    ServiceEvent,
+    SolveJob,
+    SolveService,
+    Started,
+    TurnPlan,
+    check_bound,
+    episode_from_messages,
+)
 from app.views import turn_public, usage_of, vote_public
-from rise.episode import Episode
-from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, new_episode
+from rise.loop import EpisodeEvent, TokenEvent, TurnEvent
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +114,6 @@ def build_job(request: ChatCompletionRequest, service: SolveService, owner: str 
         {"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
         for i, m in enumerate(request.messages)
     ]
-    if messages[-1]["role"] != "user":
-        raise InvalidRequest("the last message must be from the user", param="messages")
-    question = messages[-1]["content"]
-    if not question.strip():
-        raise InvalidRequest("the last user message is empty", param="messages")
     rise = request.rise
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
     plan = TurnPlan(
@@ -125,16 +127,9 @@ def build_job(request: ChatCompletionRequest, service: SolveService, owner: str 
         stop_on_convergence=bool(rise and rise.stop_on_convergence),
         context_window=rise.context_window if rise else None,
     )
-    episodes: list[Episode] = [
-        new_episode(
-            question,
-            reference=rise.reference if rise else None,
-            grader=(rise and rise.grader) or settings.default_grader,
-            context=messages[:-1],
-            first_message=question,
-        )
-        for _ in range(request.n)
-    ]
+    reference = rise.reference if rise else None
+    grader = (rise and rise.grader) or settings.default_grader
+    episodes = [episode_from_messages(messages, reference, grader) for _ in range(request.n)]
     turns_param = "rise.max_turns" if rise and rise.max_turns else "model"
     return service.new_job(
         episodes,

@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator
 
 from app.errors import InvalidRequest, ServiceError, error_body
 from app.schemas import ContinueRequest, SolveRequest
-from app.service import ServiceEvent, SolveJob, SolveService, Started, TurnPlan
+from app.service import (
+    ServiceEvent,
+    SolveJob,
+    SolveService,
+    Started,
+    TurnPlan,
+    episode_from_messages,
+)
 from app.views import solve_response, sse, turn_public
 from rise.loop import TokenEvent, TurnEvent, new_episode
 
@@ -63,18 +70,7 @@ async def solve_job(request: SolveRequest, service: SolveService, owner: str | N
         prompt_param = "question"
     else:
         messages = [m.model_dump() for m in request.messages or []]
-        if messages[-1]["role"] != "user":
-            raise InvalidRequest("the last message must be from the user", param="messages")
-        question = messages[-1]["content"]
-        if not question.strip():
-            raise InvalidRequest("the last user message is empty", param="messages")
-        episode = new_episode(
-            question,
-            reference=request.reference,
-            grader=grader,
-            context=messages[:-1],
-            first_message=question,
-        )
+        episode = episode_from_messages(messages, request.reference, grader)
         prompt_param = "messages"
     overrides = _overrides(request)
     if overrides["max_turns"] is None:

@@ -41,7 +41,16 @@ from app.sessions import Session, SessionStore, new_lease_token
 from app.settings import Settings
 from rise.engine.base import Engine, EngineError, PromptTooLongError, SamplingConfig
 from rise.episode import Episode, StopReason
-from rise.loop import EpisodeEvent, LoopConfig, TokenEvent, TurnEvent, TurnLoop, choose_answer
+from rise.loop import (
+    EpisodeEvent,
+    LoopConfig,
+    TokenEvent,
+    TurnEvent,
+    TurnLoop,
+    choose_answer,
+    new_episode,
+    stop_reason,
+)
 from rise.prompts import ChatRenderer, PromptConfig
 from rise.voting import Vote
 
@@ -127,6 +136,24 @@ def answer_mode(mode: Mode) -> Literal["vote", "last"]:
     return "last" if mode == "last" else "vote"
 
 
+def episode_from_messages(
+    messages: list[dict[str, str]], reference: str | None, grader: str
+) -> Episode:
+    """An episode whose question is the last (user) message and whose context is the rest.
+
+    The first turn sends the messages as given; later turns repeat the question in RISE's
+    introspection prompt.
+    """
+    if messages[-1]["role"] != "user":
+        raise InvalidRequest("the last message must be from the user", param="messages")
+    question = messages[-1]["content"]
+    if not question.strip():
+        raise InvalidRequest("the last user message is empty", param="messages")
+    return new_episode(
+        question, reference=reference, grader=grader, context=messages[:-1], first_message=question
+    )
+
+
 def check_bound(value: int, limit: int, param: str) -> int:
     if value > limit:
         raise InvalidRequest(f"{param} must be at most {limit} here (got {value})", param=param)
@@ -205,10 +232,7 @@ class SolveService:
         max_turns_param: str = "max_turns",
     ) -> SolveJob:
         """Check a new solve against the limits; its sessions are stored when it runs."""
-        check_bound(plan.max_turns, self.settings.max_turns, max_turns_param)
-        check_bound(plan.max_tokens, self.settings.max_tokens, "max_tokens")
-        if plan.mode == "oracle" and any(e.reference is None for e in episodes):
-            raise InvalidRequest("mode 'oracle' needs a reference answer", param="reference")
+        self._check_plan(plan, episodes, max_turns_param)
         for episode in episodes[:1]:  # all episodes of one request share their first prompt
             prompt = self.loop.renderer.next_prompt_ids(
                 episode, self.loop.user_message(episode, 0), plan.context_window
@@ -218,6 +242,15 @@ class SolveService:
                 raise InvalidRequest(str(error), param=prompt_param, code="context_length_exceeded")
         sessions = [Session(e, owner=owner, options=plan.options()) for e in episodes]
         return SolveJob(sessions, plan, stream=stream, turns_before=[0] * len(sessions))
+
+    def _check_plan(
+        self, plan: TurnPlan, episodes: Sequence[Episode], max_turns_param: str
+    ) -> None:
+        """The plan within this server's bounds; oracle mode only with a reference."""
+        check_bound(plan.max_turns, self.settings.max_turns, max_turns_param)
+        check_bound(plan.max_tokens, self.settings.max_tokens, "max_tokens")
+        if plan.mode == "oracle" and any(e.reference is None for e in episodes):
+            raise InvalidRequest("mode 'oracle' needs a reference answer", param="reference")
 
     async def load(self, session_id: str, owner: str | None) -> Session:
         """A stored session visible to ``owner`` (404 for unknown and foreign alike)."""
@@ -256,10 +289,7 @@ class SolveService:
         if overrides["max_turns"] is None:
             overrides["max_turns"] = 1
         plan = TurnPlan.from_options(session.options, **overrides)
-        check_bound(plan.max_turns, self.settings.max_turns, "max_turns")
-        check_bound(plan.max_tokens, self.settings.max_tokens, "max_tokens")
-        if plan.mode == "oracle" and session.episode.reference is None:
-            raise InvalidRequest("mode 'oracle' needs a reference answer", param="reference")
+        self._check_plan(plan, [session.episode], "max_turns")
         return SolveJob([session], plan, stream=stream, continued=True)
 
     # ---- running ---------------------------------------------------------------------------
@@ -329,7 +359,10 @@ class SolveService:
                 if isinstance(event, TurnEvent):
                     session = by_id[event.episode_id]
                     self.metrics.record_turn(session.episode, event.turn)
-                    await self.store.put(session)
+                    if stop_reason(session.episode, config) is None:
+                        # Not the last turn; the last one is stored with its EpisodeEvent,
+                        # which follows at once (and _finish stores it if the run is cut).
+                        await self.store.put(session)
                 elif isinstance(event, EpisodeEvent):
                     job.votes[event.episode.id] = event.vote
                     self.metrics.record_episode(job.plan.mode, event.episode, event.vote)

@@ -60,7 +60,7 @@ class Session:
                 "options": self.options,
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
-                "episode": episode_dict(self.episode),
+                "episode": self.episode.to_dict(),
             },
             separators=(",", ":"),
         )
@@ -75,11 +75,6 @@ class Session:
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
         )
-
-
-def episode_dict(episode: Episode) -> dict[str, Any]:
-    """The stored form of an episode: ``Episode.to_dict`` (cheap since it no longer deep-copies)."""
-    return episode.to_dict()
 
 
 class SessionStore(Protocol):

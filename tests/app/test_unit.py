@@ -33,18 +33,18 @@ from app.settings import Settings
 from rise.engine.base import GenerationChunk, SamplingConfig
 from rise.episode import Outcome, StopReason, Turn
 from rise.loop import new_episode
+from tests.scripted_engine import ScriptedEngineBase
 
 REPLY = "The answer is \\boxed{7}."
 
 
-class ScriptedEngine:
+class ScriptedEngine(ScriptedEngineBase):
     """Answers every prompt with REPLY, one token per ``delay_s``."""
 
-    model_name = "scripted"
     max_model_len = 512
 
     def __init__(self, tokenizer, delay_s: float = 0.0) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.delay_s = delay_s
         self._in_flight = 0
 
@@ -55,8 +55,7 @@ class ScriptedEngine:
     async def generate(
         self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
     ) -> AsyncIterator[GenerationChunk]:
-        ids = self.tokenizer(REPLY, add_special_tokens=False)["input_ids"]
-        ids = [*ids, self.tokenizer.eos_token_id]
+        ids = self.reply_ids(REPLY)
         self._in_flight += 1
         try:
             for i, token in enumerate(ids):
@@ -66,15 +65,6 @@ class ScriptedEngine:
                 yield GenerationChunk([token], text, last, "stop" if last else None, 0)
         finally:
             self._in_flight -= 1
-
-    async def abort(self, request_id: str) -> None:
-        return None
-
-    async def check_health(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
 
 def settings(**overrides: object) -> Settings:
@@ -204,16 +194,3 @@ async def test_admission_refuses_beyond_the_queue(tiny_tokenizer) -> None:
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200, 200, 429, 429]
     assert all(r.headers["retry-after"] for r in responses if r.status_code == 429)
-
-
-def test_fast_episode_dict_equals_to_dict() -> None:
-    from app.sessions import episode_dict
-
-    episode = new_episode(
-        "q?", reference="7", grader="math", context=[{"role": "system", "content": "s"}]
-    )
-    episode.metadata["first_message"] = "hello"
-    episode.turns.append(Turn(0, "u", [1, 2], [3], "t", "stop", True, "7", Outcome.WRONG, 0, 0.1))
-    episode.turns.append(Turn(1, "v", [1, 2, 3, 4], [5], "u", "length", False, None, None, 2, 0.2))
-    episode.stop_reason, episode.final_answer = StopReason.MAX_TURNS, "7"
-    assert episode_dict(episode) == episode.to_dict()
