@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from rise.answers import get_grader
-from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
-from rise.episode import Episode, Outcome, StopReason, Turn
-from rise.loop import TurnLoop, choose_answer, new_episode
+from rise.engine.base import Engine, SamplingConfig, derive_seed
+from rise.episode import Episode, Outcome, Turn
+from rise.loop import LoopConfig, LoopEvent, TurnEvent, TurnLoop, new_episode
 from rise.prompts import ChatRenderer, PromptConfig
 from rise.voting import majority_vote
 from rise_train.datasets import Problem
@@ -310,24 +310,23 @@ async def run_evaluation(
             context=renderer.prompts.context(),
         )
 
+    def count_turns(event: LoopEvent) -> None:
+        if isinstance(event, TurnEvent):
+            bar.update(1)
+
     async def sequential(problem: Problem) -> Episode:
+        # The service's loop with no oracle and no early stop: N turns, or fewer when the
+        # prompt outgrows the context; seeds derive from the problem's (seed, turn).
         episode = fresh(problem)
         episode.metadata["problem_id"] = problem.id
-        for t in range(config.max_turns):
-            try:
-                turn = await loop.take_turn(
-                    episode, sampling(problem, t, 0), window=config.context_window
-                )
-            except PromptTooLongError:
-                if t == 0:
-                    raise
-                episode.stop_reason = StopReason.CONTEXT_FULL
-                bar.update(config.max_turns - t)
-                break
-            episode.turns.append(turn)
-            bar.update(1)
-        episode.stop_reason = episode.stop_reason or StopReason.MAX_TURNS
-        episode.final_answer, _ = choose_answer(episode, "vote")
+        turns = LoopConfig(
+            max_turns=config.max_turns,
+            context_window=config.context_window,
+            sampling=sampling(problem, 0, 0),
+            stream_tokens=False,
+        )
+        await loop.run_episode(episode, turns, count_turns)
+        bar.update(config.max_turns - len(episode.turns))  # the turns a full context cut off
         return episode
 
     async def parallel(problem: Problem, sample: int) -> Turn:
