@@ -18,16 +18,14 @@ from rise.loop import (
     new_episode,
 )
 from rise.prompts import ChatRenderer
+from tests.scripted_engine import ScriptedEngineBase
 
 
-class ScriptedEngine:
+class ScriptedEngine(ScriptedEngineBase):
     """Replies from a script keyed by question; the turn is read off the prompt itself."""
 
-    model_name = "scripted"
-    max_model_len = 100_000
-
     def __init__(self, tokenizer, script: dict[str, list[str]], delay: float = 0.0) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.script = script
         self.delay = delay
         self.requests: list[tuple[str, list[int], SamplingConfig]] = []
@@ -63,15 +61,9 @@ class ScriptedEngine:
     async def abort(self, request_id: str) -> None:
         self.aborted.append(request_id)
 
-    async def check_health(self) -> None:
-        return None
-
     @property
     def queue_depth(self) -> int:
         return len(self.requests) - len(self.finished) - len(self.aborted)
-
-    async def close(self) -> None:
-        return None
 
 
 SCRIPT = {

@@ -24,6 +24,7 @@ from rise_train.collect import (
     read_trajectory_file,
 )
 from rise_train.datasets import Problem
+from tests.scripted_engine import ScriptedEngineBase
 
 TURN_KEYS = {"index", "user_message", "prompt_ids", "candidates", "chosen", "dropped"}
 CANDIDATE_KEYS = {"text", "output_ids", "ended_with_eos", "answer", "outcome", "reward", "source"}
@@ -40,14 +41,11 @@ def problems(n: int, reference: Callable[[int], str] = lambda i: "7") -> list[Pr
     ]
 
 
-class SeedScriptedEngine:
+class SeedScriptedEngine(ScriptedEngineBase):
     """Replies with ``script[(problem index, turn, candidate)]`` found through the request seed."""
 
-    model_name = "scripted"
-    max_model_len = 100_000
-
     def __init__(self, tokenizer, problems: Sequence[Problem], script, config: CollectConfig):
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.script = script  # (i, turn, candidate) -> reply; missing -> "The answer is 0."
         self.by_seed = {
             derive_seed(config.seed, config.iteration, p.id, t, c): (i, t, c)
@@ -66,22 +64,7 @@ class SeedScriptedEngine:
         if key[0] == self.fail_on:
             raise EngineError("scripted crash")
         reply = self.script(*key)
-        ids = [*self.tokenizer(reply, add_special_tokens=False)["input_ids"]]
-        ids.append(self.tokenizer.eos_token_id)
-        yield GenerationChunk(ids, reply, finished=True, finish_reason="stop")
-
-    async def abort(self, request_id: str) -> None:
-        return None
-
-    async def check_health(self) -> None:
-        return None
-
-    @property
-    def queue_depth(self) -> int:
-        return 0
-
-    async def close(self) -> None:
-        return None
+        yield GenerationChunk(self.reply_ids(reply), reply, finished=True, finish_reason="stop")
 
 
 def check_record(record: dict, problem: Problem, max_turns: int) -> None:

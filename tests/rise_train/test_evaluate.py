@@ -25,6 +25,7 @@ from rise_train.evaluate import (
     wilson_interval,
     write_evaluation,
 )
+from tests.scripted_engine import ScriptedEngineBase
 
 
 def episode(answers: Sequence[str | None], reference: str = "7", graded: bool = True) -> Episode:
@@ -175,14 +176,11 @@ def test_report_files_plot_and_table(tmp_path) -> None:
     assert "0.500 [0.15,0.85] 2/4" in table and table.splitlines()[2].startswith("rise")
 
 
-class TurnScriptedEngine:
+class TurnScriptedEngine(ScriptedEngineBase):
     """Answers ``6 + turn`` (so turn 2 is the first correct one for reference 7)."""
 
-    model_name = "scripted"
-    max_model_len = 100_000
-
     def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.seeds: list[int | None] = []
 
     async def generate(
@@ -191,21 +189,7 @@ class TurnScriptedEngine:
         self.seeds.append(sampling.seed)
         turn = self.tokenizer.decode(prompt_ids).count("<|im_start|>assistant") - 1
         reply = f"The answer is {6 + turn}."
-        ids = [*self.tokenizer(reply, add_special_tokens=False)["input_ids"]]
-        yield GenerationChunk([*ids, self.tokenizer.eos_token_id], reply, True, "stop")
-
-    async def abort(self, request_id: str) -> None:
-        return None
-
-    async def check_health(self) -> None:
-        return None
-
-    @property
-    def queue_depth(self) -> int:
-        return 0
-
-    async def close(self) -> None:
-        return None
+        yield GenerationChunk(self.reply_ids(reply), reply, True, "stop")
 
 
 async def test_run_evaluation_on_scripted_engine(tmp_path, tiny_tokenizer) -> None:
