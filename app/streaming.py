@@ -7,19 +7,24 @@
   lease and store errors are ordinary HTTP errors (429, 409, 503) instead of a 200 stream that
   fails at once. Streams themselves are cancelled by Starlette's ``StreamingResponse``, which
   listens for the disconnect and cancels the body iterator.
+- :func:`respond` puts the two together for a solve job: SSE when it streams, JSON otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from app.errors import ClientDisconnected
+from app.service import ServiceEvent, SolveJob, SolveService
 
 T = TypeVar("T")
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def _disconnected(request: Request) -> None:
@@ -62,3 +67,20 @@ async def open_stream(events: AsyncIterator[T]) -> AsyncIterator[T]:
             await events.aclose()  # type: ignore[attr-defined]
 
     return chained()
+
+
+async def respond(
+    request: Request,
+    service: SolveService,
+    job: SolveJob,
+    stream_body: Callable[[AsyncIterator[ServiceEvent]], AsyncIterator[str]],
+    json_body: Callable[[], BaseModel],
+) -> Response:
+    """Run ``job``: its events as SSE when it streams, else ``json_body()`` once it is done."""
+    if job.stream:
+        events = await cancel_on_disconnect(request, open_stream(service.run(job)))
+        return StreamingResponse(
+            stream_body(events), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    await cancel_on_disconnect(request, service.complete(job))
+    return Response(json_body().model_dump_json(), media_type="application/json")

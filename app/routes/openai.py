@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import StreamingResponse
 
 from app.auth import Owner
 from app.chat import build_job, completion_chunks, completion_response, model_list
 from app.deps import ServiceDep
 from app.schemas import ERROR_RESPONSES, ChatCompletionRequest, ChatCompletionResponse, ModelList
-from app.streaming import cancel_on_disconnect, open_stream
+from app.streaming import respond
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
@@ -32,12 +30,11 @@ async def create_chat_completion(
     """OpenAI chat completions; the content is the chosen turn, all turns are in `rise`."""
     job = build_job(body, service, owner)
     model = body.model or service.model_name
-    if job.stream:
-        events = await cancel_on_disconnect(request, open_stream(service.run(job)))
-        usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = completion_chunks(events, job, model, usage)
-        return StreamingResponse(chunks, media_type="text/event-stream", headers=_SSE_HEADERS)
-    await cancel_on_disconnect(request, service.complete(job))
-    return Response(
-        completion_response(job, model).model_dump_json(), media_type="application/json"
+    usage = bool(body.stream_options and body.stream_options.include_usage)
+    return await respond(
+        request,
+        service,
+        job,
+        lambda events: completion_chunks(events, job, model, usage),
+        lambda: completion_response(job, model),
     )

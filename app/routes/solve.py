@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from fastapi.responses import StreamingResponse
 
 from app.auth import Owner
 from app.deps import ServiceDep
@@ -18,23 +17,22 @@ from app.schemas import (
     SolveResponse,
 )
 from app.service import SolveJob, SolveService
-from app.streaming import cancel_on_disconnect, open_stream
+from app.streaming import respond
 from app.views import session_public, solve_response
 
 router = APIRouter(tags=["solve"])
 SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,64}$", max_length=64)]
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _SSE_DOC = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}}
 
 
 async def _respond(request: Request, service: SolveService, job: SolveJob) -> Response:
-    if job.stream:
-        events = await cancel_on_disconnect(request, open_stream(service.run(job)))
-        body = solve_sse(events, job, service.model_name)
-        return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
-    await cancel_on_disconnect(request, service.complete(job))
-    return Response(
-        solve_response(job, service.model_name).model_dump_json(), media_type="application/json"
+    model = service.model_name
+    return await respond(
+        request,
+        service,
+        job,
+        lambda events: solve_sse(events, job, model),
+        lambda: solve_response(job, model),
     )
 
 
