@@ -23,8 +23,8 @@ from rise.answers import (
     parse_gsm8k_reference,
 )
 from rise.episode import Outcome
+from tests.shared_data import SHARED_DATA as DATA
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 N_GSM8K = 60
 N_MATH = 60
 

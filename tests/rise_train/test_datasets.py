@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from rise_train.datasets import Problem, load_problems, split_problems, subset
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.shared_data import SHARED_DATA as DATA
 
 
 def _write(path: Path, rows: list[object]) -> Path:
