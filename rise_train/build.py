@@ -1,63 +1,87 @@
-"""Trajectories → weighted training examples (RISE.md §3–§4).
+"""Trajectories → weighted training examples and preference pairs (RISE.md §3–§4).
 
-A trajectory (one JSON line written by ``collect.py``) holds, per turn, the exact prompt ids of
-the state s_t, every scored candidate action and the index of the one kept as a_t. This module
-turns them into supervised examples for ``train.py``::
+A trajectory (:class:`~rise_train.records.Trajectory`, written by ``collect``) holds, per turn,
+the exact prompt ids of the state s_t, every scored candidate and the index of the one kept as
+a_t. This module turns them into :class:`~rise_train.records.Example` rows (the loss covers the
+target turn only; the context is exactly the token sequence the service would have sent) and,
+on request, :class:`~rise_train.records.PreferencePair` rows for the copy-as-negative loss.
 
-    {"input_ids": prompt_ids + target_ids, "labels": [-100] * len(prompt_ids) + target_ids,
-     "weight": w, "problem_id": ..., "turn": t, "reward": r, ...}
-
-so the loss covers the target turn only, and the context is exactly the token sequence the
-service would have sent (it came from ``rise.prompts``; trajectories stored as text only are
-rendered here with the same :class:`~rise.prompts.ChatRenderer`).
-
-Which actions become examples (``criteria``), for an action with reward r at turn t, where
+**Which actions become examples** (``criteria``), for an action with reward r at turn t, where
 r_0..r_{t-1} are the rewards of the trajectory's *chosen* actions at the earlier turns:
 
-- ``all``: every action.
-- ``better``: r > r_{t-1}. Turn 0 has no previous attempt; it is compared with the reward of a
-  wrong answer (0), so with rewards in {-1, 0, 1} it is kept only when correct.
-- ``best``: r >= max(r_0..r_{t-1}), i.e. not worse than any earlier attempt. Vacuously true at
-  turn 0, so turn 0 is always kept (even when wrong).
-- ``success``: r == 1.
+- ``all``: every action. ``better``: r > r_{t-1} (turn 0 is compared with a wrong answer, 0).
+- ``best``: r >= max(r_0..r_{t-1}) (turn 0 always kept). ``success``: r == 1.
 
-Weights (``weighting``), with τ = ``tau``:
+**The target of a correction turn** (``target``): ``chosen`` is the trajectory's action (the
+first best candidate); ``dissimilar`` picks, among the turn's correct candidates, the one least
+like the previous attempt (edit-distance ratio of the token ids, :mod:`rise_train.similarity`) —
+Welleck et al. favour minimal edits, which here teaches copying; RISE wants a real change.
+
+**Within-trajectory de-duplication** (``dedup_trajectory``, the public RISE code's
+``--remove_duplication``, extended): a turn ≥ 2 target is dropped when its tokens repeat an
+earlier chosen action of the same trajectory, or when its final answer equals that of an earlier
+*wrong* attempt (a new wording of the same mistake teaches the same mistake). ``dedup`` also
+drops repeated (prompt, target) pairs across the whole input.
+
+**Weights** (``weighting``), with τ = ``tau``:
 
 - ``rwr``: w = exp(r/τ) (τ = 0.4: correct ≈ 12.18, wrong = 1.0, unparseable ≈ 0.082).
-- ``awr``: w = max(0, exp(r/τ) - mean exp(r'/τ)), the mean taken over every attempt at the same
-  problem (all candidates of all turns of all its trajectories in the input). Clipping at 0
-  keeps AWR's meaning — learn only from attempts better than the average attempt — and
-  examples whose weight is 0 are dropped, since they would only dilute the batch mean. A
-  problem whose attempts all share one reward therefore yields no examples.
+- ``awr``: w = max(0, exp(r/τ) - mean exp(r'/τ)), the mean over every attempt at the same
+  problem (all candidates of all its turns); zero-weight examples are dropped.
 - ``uniform``: w = 1.
 
-Truncation to ``max_length`` (only when context + target is longer): tokens are removed from
-the left of the context, the target is kept whole. When the target alone does not fit with at
-least one context token before it (len(target) >= max_length) the example is dropped: a cut
-response teaches a turn that neither follows its prompt nor ends. Examples with an empty
-target are dropped too (nothing to learn, and a fully masked row wastes a batch slot).
+then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
+answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
+``exclude``; and for later turns the SCoRe-style **progress bonus** w += α·(r_t − r_{t−1})
+(``progress_bonus`` = α; a right→wrong target can go to 0 and is then dropped). SCoRe shapes
+the RL reward with α·(r2 − r1); in reward-weighted regression the weight is the lever, and an
+additive bonus keeps exp(r/τ)'s scale instead of exp(α/τ) overflowing it.
+
+**Preference pairs** (``pairs``): ``fix`` — in every wrong-attempt state that has a correct
+candidate, chosen = that candidate (the ``target`` rule), rejected = the wrong previous attempt
+repeated verbatim; ``fix+keep`` adds, in right-attempt states (collected with
+``continue_after_correct``), chosen = the right attempt repeated, rejected = a wrong candidate.
+
+Truncation to ``max_length`` cuts the context's left end and keeps the target whole; a target
+that cannot fit with one context token is dropped, as are empty targets.
+
+``build`` reports the **data composition**: the count and weight share of turn-1 targets and of
+wrong→right, right→right, wrong→wrong (and right→wrong) examples, plus the pairs by type.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
-from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rise.answers import get_grader
 from rise.episode import Episode, Turn
-from rise_train.datasets import jsonl_rows
+from rise_train.records import (
+    IGNORE_INDEX,
+    TRANSITIONS,
+    Candidate,
+    Example,
+    PreferencePair,
+    TrainingRow,
+    Trajectory,
+    read_trajectories,
+    transition,
+    write_jsonl,
+)
+from rise_train.similarity import edit_ratio
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "BuildConfig", "BuildStats", "build", "build_examples"]
+
 CRITERIA = ("all", "better", "best", "success")
 WEIGHTINGS = ("rwr", "awr", "uniform")
-_OUTCOME_REWARD = {"correct": 1.0, "wrong": 0.0, "unparseable": -1.0}
-
-Example = dict[str, Any]
+TARGETS = ("chosen", "dissimilar")
+FIRST_TURN = ("full", "unit", "exclude")
+PAIRS = ("none", "fix", "fix+keep")
 
 
 @dataclass
@@ -71,9 +95,27 @@ class BuildConfig:
         default="rwr", metadata={"help": "Example weight: rwr exp(r/tau) | awr | uniform."}
     )
     tau: float = field(default=0.4, metadata={"help": "Temperature of exp(r/tau)."})
+    target: Literal["chosen", "dissimilar"] = field(
+        default="chosen",
+        metadata={"help": "Correction target: chosen | dissimilar (least like the attempt)."},
+    )
+    first_turn: Literal["full", "unit", "exclude"] = field(
+        default="full", metadata={"help": "Turn-1 targets: full weight | unit weight | exclude."}
+    )
+    progress_bonus: float = field(
+        default=0.0, metadata={"help": "alpha of the weight bonus alpha*(r_t - r_{t-1})."}
+    )
+    pairs: Literal["none", "fix", "fix+keep"] = field(
+        default="none", metadata={"help": "Preference pairs: none | fix | fix+keep."}
+    )
+    pair_weight: float = field(default=1.0, metadata={"help": "Weight of every pair row."})
     include_candidates: bool = field(
         default=False,
-        metadata={"help": "Make an example of every scored candidate, not only the chosen one."},
+        metadata={"help": "Make an example of every scored candidate, not only the target."},
+    )
+    dedup_trajectory: bool = field(
+        default=True,
+        metadata={"help": "Drop a correction that repeats an earlier action or wrong answer."},
     )
     dedup: bool = field(
         default=True, metadata={"help": "Drop repeated (prompt ids, target ids) pairs."}
@@ -89,30 +131,42 @@ class BuildConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.criteria not in CRITERIA:
-            raise ValueError(f"criteria must be one of {CRITERIA}, got {self.criteria!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        for name, allowed in (
+            ("criteria", CRITERIA), ("weighting", WEIGHTINGS), ("target", TARGETS),
+            ("first_turn", FIRST_TURN), ("pairs", PAIRS),
+        ):  # fmt: skip
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.tau <= 0:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
+        if self.progress_bonus < 0 or self.pair_weight <= 0:
+            raise ValueError("progress_bonus must be >= 0 and pair_weight > 0")
 
 
 @dataclass
 class BuildStats:
-    """Counts of what happened to the input, for the CLI's summary."""
+    """What happened to the input, and the composition of what came out."""
 
     trajectories: int = 0
-    actions: int = 0  # actions considered (chosen ones, or all candidates)
+    actions: int = 0  # actions considered (targets, or all candidates)
     kept_by_criteria: int = 0
+    first_turn_excluded: int = 0
+    repeats_earlier_action: int = 0  # within-trajectory de-duplication
+    repeats_wrong_answer: int = 0  # ... extended to a wrong answer given before
     duplicates: int = 0
     zero_weight: int = 0
     empty_target: int = 0
     too_long: int = 0
     truncated: int = 0
     examples: int = 0
+    pairs: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
+    # count and weight share of each transition (first, wrong_to_right, ...) among examples
+    composition: dict[str, dict[str, float]] = field(default_factory=dict)
+    pairs_by_type: dict[str, int] = field(default_factory=dict)
+    target_edit_ratio: dict[str, float] = field(default_factory=dict)  # vs previous attempt
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,7 +175,7 @@ class BuildStats:
 # -- the rules --------------------------------------------------------------------------------
 
 
-def keeps(criteria: str, reward: float, earlier: list[float]) -> bool:
+def keeps(criteria: str, reward: float, earlier: Sequence[float]) -> bool:
     """Whether an action with ``reward`` is kept, given the chosen rewards of earlier turns."""
     if criteria == "all":
         return True
@@ -139,6 +193,38 @@ def rwr_weight(reward: float, tau: float = 0.4) -> float:
     return math.exp(reward / tau)
 
 
+def example_weight(
+    config: BuildConfig, reward: float, previous: float | None, baseline: float = 0.0
+) -> float:
+    """The weight of a target with ``reward`` after an attempt with reward ``previous``.
+
+    ``previous`` is None at turn 1; ``baseline`` is awr's per-problem mean. 0 means "drop".
+    """
+    if config.weighting == "uniform":
+        w = 1.0
+    else:
+        w = rwr_weight(reward, config.tau)
+        if config.weighting == "awr":
+            # The tiny epsilon absorbs float noise when every attempt has the same reward.
+            w = w - baseline
+            w = w if w > 1e-9 * max(baseline, 1.0) else 0.0
+    if previous is None:
+        return 1.0 if config.first_turn == "unit" and w > 0 else w
+    return max(0.0, w + config.progress_bonus * (reward - previous))
+
+
+def least_similar(candidates: Sequence[Candidate], previous_ids: Sequence[int]) -> int | None:
+    """Index of the correct candidate least like ``previous_ids`` (first on ties); None if none."""
+    best: tuple[float, int] | None = None
+    for i, cand in enumerate(candidates):
+        if not cand.correct:
+            continue
+        ratio = edit_ratio(cand.output_ids or [], previous_ids)
+        if best is None or ratio < best[0]:
+            best = (ratio, i)
+    return None if best is None else best[1]
+
+
 def truncate_left(
     prompt_ids: list[int], target_ids: list[int], max_length: int | None
 ) -> tuple[list[int], list[int]] | None:
@@ -154,174 +240,300 @@ def truncate_left(
     return prompt_ids[-room:], target_ids
 
 
-def make_example(
-    prompt_ids: list[int], target_ids: list[int], weight: float, **meta: Any
-) -> Example:
-    """One training row: the loss mask covers ``target_ids`` only."""
-    return {
-        "input_ids": [*prompt_ids, *target_ids],
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + list(target_ids),
-        "weight": weight,
-        **meta,
-    }
+# -- trajectories → actions --------------------------------------------------------------------
 
 
-# -- trajectories → examples -------------------------------------------------------------------
+@dataclass
+class _Action:
+    """One candidate target in its state, with what the rules need to know about the past."""
+
+    problem_id: str
+    turn: int
+    prompt_ids: list[int]
+    target_ids: list[int]
+    candidate: Candidate
+    earlier_rewards: list[float]
+    earlier_ids: list[list[int]]  # the chosen actions before this turn
+    earlier_wrong_answers: list[str | None]
+    grader: str
+    is_target: bool  # the turn's target (chosen or dissimilar), not just another candidate
+    turn_candidates: list[Candidate]
+    turn_candidate_ids: list[list[int]]
+
+    @property
+    def previous_reward(self) -> float | None:
+        return self.earlier_rewards[-1] if self.earlier_rewards else None
+
+
+def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> Iterator[_Action]:
+    """The (state, target) actions of one trajectory, in turn order."""
+    pid = record.problem_id
+    # The chosen actions so far: the state of a turn stored without ids is rebuilt from them.
+    episode = Episode(question=record.question, context=list(record.context))
+    rewards: list[float] = []
+    chosen_ids: list[list[int]] = []
+    wrong_answers: list[str | None] = []
+    for t, turn in enumerate(record.turns):
+        prompt_ids = turn.prompt_ids
+        if prompt_ids is None:
+            prompt_ids = lazy.get(pid).next_prompt_ids(episode, turn.user_message)
+        ids = [_target_ids(c, lazy, pid)[0] for c in turn.candidates]
+        target = turn.chosen
+        if config.target == "dissimilar" and chosen_ids:
+            target = _least_similar_ids(turn.candidates, ids, chosen_ids[-1], target)
+        picked = range(len(turn.candidates)) if config.include_candidates else [target]
+        for c in picked:
+            yield _Action(
+                problem_id=pid,
+                turn=turn.index,
+                prompt_ids=list(prompt_ids),
+                target_ids=ids[c],
+                candidate=turn.candidates[c],
+                earlier_rewards=list(rewards),
+                earlier_ids=list(chosen_ids),
+                earlier_wrong_answers=list(wrong_answers),
+                grader=record.grader,
+                is_target=c == target,
+                turn_candidates=turn.candidates,
+                turn_candidate_ids=ids,
+            )
+        action = turn.action
+        output_ids, eos = _target_ids(action, lazy, pid)
+        episode.turns.append(
+            Turn(
+                index=t, user_message=turn.user_message, prompt_ids=list(prompt_ids),
+                output_ids=output_ids, text=action.text, finish_reason="stop", ended_with_eos=eos,
+            )
+        )  # fmt: skip
+        rewards.append(action.reward)
+        chosen_ids.append(output_ids)
+        if not action.correct:
+            wrong_answers.append(action.answer)
+
+
+def _least_similar_ids(
+    candidates: Sequence[Candidate], ids: Sequence[list[int]], previous: list[int], default: int
+) -> int:
+    """:func:`least_similar` on rendered ids (candidates stored as text have ids only here)."""
+    with_ids = [
+        Candidate(c.text, c.reward, output_ids=i, outcome=c.outcome)
+        for c, i in zip(candidates, ids, strict=True)
+    ]
+    index = least_similar(with_ids, previous)
+    return default if index is None else index
+
+
+def _repeats(action: _Action) -> str | None:
+    """Why a correction target repeats the trajectory's past (None: it does not)."""
+    if not action.earlier_ids:
+        return None
+    if any(action.target_ids == ids for ids in action.earlier_ids):
+        return "action"
+    answer = action.candidate.answer
+    if answer is not None and action.earlier_wrong_answers:
+        equivalent = get_grader(action.grader).equivalent
+        if any(w is not None and equivalent(answer, w) for w in action.earlier_wrong_answers):
+            return "wrong_answer"
+    return None
+
+
+def _pairs(action: _Action, config: BuildConfig) -> Iterator[PreferencePair]:
+    """The preference pairs of a target's state (see the module docstring)."""
+    if config.pairs == "none" or not action.is_target or not action.earlier_ids:
+        return
+    previous_ids = action.earlier_ids[-1]
+    previous_right = (action.previous_reward or 0.0) >= 1.0
+    meta = {"problem_id": action.problem_id, "turn": action.turn, "weight": config.pair_weight}
+    if not previous_right and action.candidate.correct and action.target_ids != previous_ids:
+        yield PreferencePair(
+            action.prompt_ids, action.target_ids, previous_ids, pair_type="fix", **meta
+        )
+    if previous_right and config.pairs == "fix+keep":
+        wrong = next(
+            (
+                ids
+                for c, ids in zip(action.turn_candidates, action.turn_candidate_ids, strict=True)
+                if not c.correct and ids and ids != previous_ids
+            ),
+            None,
+        )
+        if wrong is not None:
+            yield PreferencePair(action.prompt_ids, previous_ids, wrong, pair_type="keep", **meta)
+
+
+# -- the builder -------------------------------------------------------------------------------
 
 
 def build_examples(
-    trajectories: Iterable[dict[str, Any]], config: BuildConfig, renderer: Any = None
-) -> tuple[list[Example], BuildStats]:
-    """Examples from trajectory records, filtered, weighted, de-duplicated and shuffled.
+    trajectories: Iterable[Trajectory | dict[str, Any]],
+    config: BuildConfig,
+    renderer: Any = None,
+) -> tuple[list[TrainingRow], BuildStats]:
+    """Examples (and pairs) from trajectories, filtered, weighted, de-duplicated and shuffled.
 
     ``renderer`` (a :class:`rise.prompts.ChatRenderer`) is needed only for trajectories stored
     without token ids; when None and ``config.tokenizer`` is set, one is built on demand.
     """
     stats = BuildStats()
-    records = list(trajectories)
+    records = [r if isinstance(r, Trajectory) else Trajectory.from_dict(r) for r in trajectories]
     stats.trajectories = len(records)
     lazy = _LazyRenderer(renderer, config.tokenizer)
 
-    # awr needs every attempt at a problem before any weight is known: first pass.
-    baseline: dict[str, float] = {}
+    baseline: dict[str, float] = {}  # awr needs every attempt at a problem first
     if config.weighting == "awr":
         attempts: dict[str, list[float]] = defaultdict(list)
         for record in records:
-            for turn in record.get("turns", []):
-                for cand in turn.get("candidates", []):
-                    attempts[_problem_id(record)].append(rwr_weight(_reward(cand), config.tau))
+            for turn in record.turns:
+                for cand in turn.candidates:
+                    attempts[record.problem_id].append(rwr_weight(cand.reward, config.tau))
         baseline = {pid: sum(ws) / len(ws) for pid, ws in attempts.items()}
 
+    rows: list[TrainingRow] = []
     examples: list[Example] = []
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+    ratios: list[float] = []
     for record in records:
-        for action in _actions(record, config.include_candidates, lazy):
-            stats.actions += 1
-            if not keeps(config.criteria, action["reward"], action["earlier"]):
-                continue
-            stats.kept_by_criteria += 1
-            weight = _weight(config, action["reward"], baseline.get(action["problem_id"], 0.0))
-            if weight <= 0.0:
-                stats.zero_weight += 1
-                continue
-            if not action["target_ids"]:
-                stats.empty_target += 1
-                continue
-            key = (tuple(action["prompt_ids"]), tuple(action["target_ids"]))
-            if config.dedup and key in seen:
-                stats.duplicates += 1
-                continue
-            seen.add(key)
-            fitted = truncate_left(action["prompt_ids"], action["target_ids"], config.max_length)
-            if fitted is None:
-                stats.too_long += 1
-                continue
-            if len(fitted[0]) < len(action["prompt_ids"]):
-                stats.truncated += 1
-            examples.append(
-                make_example(
-                    *fitted,
-                    weight,
-                    problem_id=action["problem_id"],
-                    turn=action["turn"],
-                    reward=action["reward"],
-                    outcome=action["outcome"],
-                    source=action["source"],
-                )
-            )
-            outcome = action["outcome"] or "unknown"
-            stats.by_outcome[outcome] = stats.by_outcome.get(outcome, 0) + 1
+        for action in _actions(record, config, lazy):
+            for pair in _pairs(action, config):
+                fitted_pair = _fit_pair(pair, config.max_length)
+                if fitted_pair is not None:
+                    rows.append(fitted_pair)
+                    stats.pairs_by_type[pair.pair_type] = (
+                        stats.pairs_by_type.get(pair.pair_type, 0) + 1
+                    )
+            example = _example(action, config, baseline, seen, stats)
+            if example is not None:
+                examples.append(example)
+                if action.earlier_ids:
+                    ratios.append(edit_ratio(action.target_ids, action.earlier_ids[-1]))
+    rows.extend(examples)
     if config.shuffle:
-        random.Random(config.seed).shuffle(examples)
+        random.Random(config.seed).shuffle(rows)
     stats.examples = len(examples)
-    return examples, stats
+    stats.pairs = len(rows) - len(examples)
+    stats.composition = composition(examples)
+    stats.target_edit_ratio = _summary(ratios)
+    return rows, stats
 
 
-def _weight(config: BuildConfig, reward: float, baseline: float) -> float:
-    if config.weighting == "uniform":
-        return 1.0
-    w = rwr_weight(reward, config.tau)
-    if config.weighting == "awr":
-        # Clip at 0 (see the module docstring); the tiny epsilon absorbs float noise when every
-        # attempt has the same reward, so such a problem gives exactly 0, not 1e-16.
-        w = w - baseline
-        return w if w > 1e-9 * max(baseline, 1.0) else 0.0
-    return w
+def _example(
+    action: _Action,
+    config: BuildConfig,
+    baseline: dict[str, float],
+    seen: set[tuple[tuple[int, ...], tuple[int, ...]]],
+    stats: BuildStats,
+) -> Example | None:
+    """The action's example, or None with the reason counted in ``stats``."""
+    stats.actions += 1
+    reward = action.candidate.reward
+    if not keeps(config.criteria, reward, action.earlier_rewards):
+        return None
+    stats.kept_by_criteria += 1
+    if action.previous_reward is None and config.first_turn == "exclude":
+        stats.first_turn_excluded += 1
+        return None
+    if config.dedup_trajectory and (why := _repeats(action)) is not None:
+        if why == "action":
+            stats.repeats_earlier_action += 1
+        else:
+            stats.repeats_wrong_answer += 1
+        return None
+    weight = example_weight(
+        config, reward, action.previous_reward, baseline.get(action.problem_id, 0.0)
+    )
+    if weight <= 0.0:
+        stats.zero_weight += 1
+        return None
+    if not action.target_ids:
+        stats.empty_target += 1
+        return None
+    key = (tuple(action.prompt_ids), tuple(action.target_ids))
+    if config.dedup and key in seen:
+        stats.duplicates += 1
+        return None
+    seen.add(key)
+    fitted = truncate_left(action.prompt_ids, action.target_ids, config.max_length)
+    if fitted is None:
+        stats.too_long += 1
+        return None
+    if len(fitted[0]) < len(action.prompt_ids):
+        stats.truncated += 1
+    outcome = action.candidate.outcome or "unknown"
+    stats.by_outcome[outcome] = stats.by_outcome.get(outcome, 0) + 1
+    return Example.from_ids(
+        *fitted,
+        weight,
+        problem_id=action.problem_id,
+        turn=action.turn,
+        reward=reward,
+        outcome=action.candidate.outcome,
+        source=action.candidate.source,
+        transition=transition(action.previous_reward, reward),
+    )
 
 
-def _actions(
-    record: dict[str, Any], include_candidates: bool, lazy: _LazyRenderer
-) -> Iterator[dict[str, Any]]:
-    """The (prompt, target, reward) actions of one trajectory, in turn order."""
-    problem_id = _problem_id(record)
-    turns = record.get("turns")
-    if not isinstance(turns, list):
-        raise ValueError(f"trajectory {problem_id!r} has no 'turns' list")
-    # The chosen actions so far: the state a turn stored without ids is rebuilt from.
-    episode = Episode(question=record.get("question", ""), context=list(record.get("context", [])))
-    rewards: list[float] = []  # of the chosen actions, turn by turn
-    for t, turn in enumerate(turns):
-        candidates = turn.get("candidates") or []
-        chosen = turn.get("chosen", 0)
-        if not candidates or not 0 <= chosen < len(candidates):
-            raise ValueError(f"trajectory {problem_id!r} turn {t}: no candidate at 'chosen'")
-        prompt_ids = turn.get("prompt_ids")
-        if prompt_ids is None:
-            # s_t token by token from the chosen earlier actions, exactly as the service does.
-            prompt_ids = lazy.get(problem_id).next_prompt_ids(episode, turn["user_message"])
-        earlier = list(rewards)
-        picked = range(len(candidates)) if include_candidates else [chosen]
-        for c in picked:
-            cand = candidates[c]
-            yield {
-                "problem_id": problem_id,
-                "turn": turn.get("index", t),
-                "prompt_ids": list(prompt_ids),
-                "target_ids": _target_ids(cand, lazy, problem_id)[0],
-                "reward": _reward(cand),
-                "outcome": cand.get("outcome"),
-                "source": cand.get("source"),
-                "earlier": earlier,
-            }
-        best = candidates[chosen]
-        output_ids, eos = _target_ids(best, lazy, problem_id)
-        episode.turns.append(
-            Turn(
-                index=t,
-                user_message=turn.get("user_message", ""),
-                prompt_ids=list(prompt_ids),
-                output_ids=output_ids,
-                text=best.get("text", ""),
-                finish_reason="stop",
-                ended_with_eos=eos,
-            )
+def _fit_pair(pair: PreferencePair, max_length: int | None) -> PreferencePair | None:
+    longest = max(len(pair.chosen_ids), len(pair.rejected_ids))
+    fitted = truncate_left(pair.prompt_ids, [0] * longest, max_length)
+    if fitted is None:
+        return None
+    pair.prompt_ids = fitted[0]
+    return pair
+
+
+def composition(examples: Sequence[Example]) -> dict[str, dict[str, float]]:
+    """Count and weight share of each transition among ``examples`` (every key present)."""
+    counts: Counter[str] = Counter()
+    weights: Counter[str] = Counter()
+    for ex in examples:
+        key = ex.transition or "first"
+        counts[key] += 1
+        weights[key] += ex.weight
+    total_n, total_w = sum(counts.values()), sum(weights.values())
+    return {
+        key: {
+            "count": counts[key],
+            "share": counts[key] / total_n if total_n else 0.0,
+            "weight_share": weights[key] / total_w if total_w else 0.0,
+        }
+        for key in TRANSITIONS
+    }
+
+
+def format_composition(stats: BuildStats | dict[str, Any]) -> str:
+    """The composition as lines: ``wrong_to_right  120 (35.0% of examples, 61.2% of weight)``."""
+    data = stats.to_dict() if isinstance(stats, BuildStats) else stats
+    lines = ["data composition (target after previous attempt):"]
+    for key, row in data["composition"].items():
+        lines.append(
+            f"  {key:<15} {int(row['count']):>6}  ({row['share']:6.1%} of examples, "
+            f"{row['weight_share']:6.1%} of weight)"
         )
-        rewards.append(_reward(best))
+    pairs = data.get("pairs_by_type") or {}
+    lines.append(f"  preference pairs: {data.get('pairs', 0)} {dict(pairs) if pairs else ''}")
+    ratio = data.get("target_edit_ratio") or {}
+    if ratio.get("n"):
+        lines.append(
+            f"  correction targets vs previous attempt: edit ratio mean {ratio['mean']:.2f}, "
+            f"{ratio['identical']:.0f} identical of {ratio['n']:.0f}"
+        )
+    return "\n".join(lines)
 
 
-def _target_ids(
-    cand: dict[str, Any], lazy: _LazyRenderer, problem_id: str
-) -> tuple[list[int], bool]:
-    ids = cand.get("output_ids")
-    if ids is not None:
-        return list(ids), bool(cand.get("ended_with_eos", True))
-    return lazy.get(problem_id).response_ids(cand.get("text", ""))
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "mean": sum(values) / len(values),
+        "identical": sum(1 for v in values if v >= 1.0),
+    }
 
 
-def _reward(cand: dict[str, Any]) -> float:
-    if cand.get("reward") is not None:
-        return float(cand["reward"])
-    outcome = cand.get("outcome")
-    if outcome in _OUTCOME_REWARD:
-        return _OUTCOME_REWARD[outcome]
-    raise ValueError(f"candidate has neither 'reward' nor a known 'outcome': {outcome!r}")
-
-
-def _problem_id(record: dict[str, Any]) -> str:
-    pid = record.get("problem_id")
-    if pid is None:
-        raise ValueError("trajectory has no 'problem_id'")
-    return str(pid)
+def _target_ids(cand: Candidate, lazy: _LazyRenderer, problem_id: str) -> tuple[list[int], bool]:
+    if cand.output_ids is not None:
+        return list(cand.output_ids), cand.ended_with_eos
+    return lazy.get(problem_id).response_ids(cand.text)
 
 
 class _LazyRenderer:
@@ -349,45 +561,19 @@ class _LazyRenderer:
 # -- files ---------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file; a bad line raises ValueError naming the file and line."""
-    for _, row in jsonl_rows(path):
-        yield row
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> int:
-    """Write rows as JSONL (parents created); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
-
-
-def read_trajectories(path: str | Path) -> list[dict[str, Any]]:
-    return list(read_jsonl(path))
-
-
-def read_examples(path: str | Path) -> list[Example]:
-    return list(read_jsonl(path))
-
-
 def build(
     trajectories_path: str | Path | Iterable[str | Path],
     output_path: str | Path,
     config: BuildConfig | None = None,
 ) -> BuildStats:
-    """Read trajectory file(s), build examples, write them to ``output_path``."""
+    """Read trajectory file(s), build examples and pairs, write them to ``output_path``."""
     config = config or BuildConfig()
     paths = (
         [trajectories_path]
         if isinstance(trajectories_path, (str, Path))
         else list(trajectories_path)
     )
-    records = [row for p in paths for row in read_jsonl(p)]
-    examples, stats = build_examples(records, config)
-    write_jsonl(examples, output_path)
+    records = [t for p in paths for t in read_trajectories(p)]
+    rows, stats = build_examples(records, config)
+    write_jsonl(rows, output_path)
     return stats

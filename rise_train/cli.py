@@ -47,8 +47,17 @@ KvCache = Annotated[float | None, Opt(help="CPU KV cache in GiB [default: 1.0]."
 BlockSize = Annotated[int | None, Opt(help="KV block size, the prefix-cache unit.")]
 MaxSeqs = Annotated[int | None, Opt(help="Sequences the engine batches at once [default: 64].")]
 Turns = Annotated[int, Opt(help="Turns per trajectory (collection).")]
-Samples = Annotated[int, Opt(help="Policy candidates per turn (best-of-N self-distillation).")]
+Samples = Annotated[
+    str,
+    Opt(help="Policy candidates per turn, comma-separated, the last repeats (RISE: 1,16)."),
+]
 Temperature = Annotated[float, Opt(help="Sampling temperature.")]
+Temperatures = Annotated[
+    str, Opt("--temperature", help="Collection temperature per turn, comma-separated.")
+]
+KeepGoing = Annotated[
+    bool, Opt(help="Keep rolling out after a correct turn (the test-time condition).")
+]
 TopP = Annotated[float, Opt(help="Nucleus sampling top-p.")]
 MaxTokens = Annotated[int, Opt(help="Max new tokens per turn.")]
 WordRepeats = Annotated[int, Opt(help="Drop candidates repeating a word more often than this.")]
@@ -64,6 +73,22 @@ Criteria = Annotated[
 Weighting = Annotated[Literal["rwr", "awr", "uniform"], Opt(help="Example weights.")]
 Tau = Annotated[float, Opt(help="Temperature of exp(r/tau).")]
 Candidates = Annotated[bool, Opt(help="Train on every scored candidate, not only the chosen.")]
+Target = Annotated[
+    Literal["chosen", "dissimilar"],
+    Opt(help="Correction target: the chosen action, or the correct one least like the attempt."),
+]
+FirstTurn = Annotated[
+    Literal["full", "unit", "exclude"], Opt(help="Turn-1 targets: full weight | 1 | excluded.")
+]
+Bonus = Annotated[float, Opt(help="Progress bonus alpha: weight += alpha * (r_t - r_{t-1}).")]
+Pairs = Annotated[
+    Literal["none", "fix", "fix+keep"],
+    Opt(help="Preference pairs against copying a wrong attempt (and for keeping a right one)."),
+]
+PairWeight = Annotated[float, Opt(help="Weight of each preference pair.")]
+DedupTrajectory = Annotated[
+    bool, Opt(help="Drop corrections repeating an earlier action or wrong answer.")
+]
 Lr = Annotated[float | None, Opt(help="Peak learning rate [default: 1e-5].")]
 Epochs = Annotated[float | None, Opt(help="Epochs [default: 3].")]
 MaxSteps = Annotated[int | None, Opt(help="Stop after this many optimizer steps.")]
@@ -111,19 +136,32 @@ def _collect_config(o: SimpleNamespace, iteration: int = 0) -> Any:
         teacher = TeacherConfig(
             o.teacher_url, o.teacher_model, o.teacher_samples, o.teacher_api_key
         )
+    from rise_train.collect import parse_schedule
+
+    try:
+        samples = parse_schedule(o.samples, int)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--samples") from None
+    try:
+        temperatures = parse_schedule(o.temperature, float)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--temperature") from None
     return CollectConfig(
-        max_turns=o.turns, n_samples=o.samples, temperature=o.temperature, top_p=o.top_p,
+        max_turns=o.turns, samples=samples, temperatures=temperatures, top_p=o.top_p,
         max_tokens=o.max_tokens, max_word_repeats=o.max_word_repeats, concurrency=o.concurrency,
-        context_window=o.context_window, seed=o.seed, iteration=iteration, teacher=teacher,
+        context_window=o.context_window, continue_after_correct=o.continue_after_correct,
+        seed=o.seed, iteration=iteration, teacher=teacher,
     )  # fmt: skip
 
 
-def _build_config(o: SimpleNamespace) -> Any:
+def _build_config(o: SimpleNamespace, **extra: Any) -> Any:
     from rise_train.build import BuildConfig
 
     return BuildConfig(
-        criteria=o.criteria, weighting=o.weighting, tau=o.tau,
-        include_candidates=o.include_candidates, seed=o.seed,
+        criteria=o.criteria, weighting=o.weighting, tau=o.tau, target=o.target,
+        first_turn=o.first_turn, progress_bonus=o.progress_bonus, pairs=o.pairs,
+        pair_weight=o.pair_weight, include_candidates=o.include_candidates,
+        dedup_trajectory=o.dedup_trajectory, seed=o.seed, **extra,
     )  # fmt: skip
 
 
@@ -163,9 +201,10 @@ def collect(
     ),
     model: Model = "default",
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
-    turns: Turns = 2, samples: Samples = 4, temperature: Temperature = 1.0, top_p: TopP = 1.0,
-    max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
+    turns: Turns = 2, samples: Samples = "1,16", temperature: Temperatures = "1.0",
+    top_p: TopP = 1.0, max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
     concurrency: Concurrency = 64, context_window: Window = None,
+    continue_after_correct: KeepGoing = False,
     iteration: Annotated[int, Opt(help="Iteration number written into the records.")] = 0,
     teacher_url: TeacherUrl = None, teacher_model: TeacherModel = None,
     teacher_samples: TeacherSamples = 1, teacher_api_key: TeacherKey = None,
@@ -199,16 +238,18 @@ def build(
     trajectories: Annotated[list[Path] | None, Opt(help="Trajectory JSONL (repeat).")] = None,
     output: Annotated[Path, Opt(help="Examples JSONL.")] = Path("examples.jsonl"),
     criteria: Criteria = "all", weighting: Weighting = "rwr", tau: Tau = 0.4,
-    include_candidates: Candidates = False,
+    target: Target = "chosen", first_turn: FirstTurn = "full", progress_bonus: Bonus = 0.0,
+    pairs: Pairs = "none", pair_weight: PairWeight = 1.0, include_candidates: Candidates = False,
+    dedup_trajectory: DedupTrajectory = True,
     dedup: Annotated[bool, Opt(help="Drop repeated (prompt, target) pairs.")] = True,
     shuffle: Annotated[bool, Opt(help="Shuffle the examples (seeded).")] = True,
     seed: Seed = 0, max_length: MaxLength = 2048,
     tokenizer: Annotated[str | None, Opt(help="Model folder for trajectories without ids.")] = None,
     config: Config = None,
 ) -> None:  # fmt: skip
-    """Turn trajectories into reward-weighted training examples."""
-    from rise_train.build import BuildConfig
+    """Turn trajectories into reward-weighted training examples (and preference pairs)."""
     from rise_train.build import build as run_build
+    from rise_train.build import format_composition
 
     o = resolve(ctx)
     if not o.trajectories:
@@ -216,12 +257,12 @@ def build(
     for path in o.trajectories:
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--trajectories")
-    cfg = BuildConfig(
-        criteria=o.criteria, weighting=o.weighting, tau=o.tau,
-        include_candidates=o.include_candidates, dedup=o.dedup, shuffle=o.shuffle, seed=o.seed,
-        max_length=o.max_length, tokenizer=o.tokenizer,
-    )  # fmt: skip
-    _print_json(run_build(o.trajectories, o.output, cfg).to_dict())
+    cfg = _build_config(
+        o, dedup=o.dedup, shuffle=o.shuffle, max_length=o.max_length, tokenizer=o.tokenizer
+    )
+    stats = run_build(o.trajectories, o.output, cfg)
+    _print_json(stats.to_dict())
+    typer.echo(format_composition(stats), err=True)
 
 
 @app.command()
@@ -325,13 +366,16 @@ def iterate(
     iterations: Annotated[int, Opt(help="RISE iterations K.")] = 1,
     run_dir: Annotated[Path, Opt(help="Run directory (resumed if it exists).")] = Path("runs/rise"),
     model: Model = "default",
-    turns: Turns = 2, samples: Samples = 4, temperature: Temperature = 1.0, top_p: TopP = 1.0,
-    max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
+    turns: Turns = 2, samples: Samples = "1,16", temperature: Temperatures = "1.0",
+    top_p: TopP = 1.0, max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
     concurrency: Concurrency = 64, context_window: Window = None,
+    continue_after_correct: KeepGoing = False,
     teacher_url: TeacherUrl = None, teacher_model: TeacherModel = None,
     teacher_samples: TeacherSamples = 1, teacher_api_key: TeacherKey = None,
     criteria: Criteria = "all", weighting: Weighting = "rwr", tau: Tau = 0.4,
-    include_candidates: Candidates = False,
+    target: Target = "chosen", first_turn: FirstTurn = "full", progress_bonus: Bonus = 0.0,
+    pairs: Pairs = "none", pair_weight: PairWeight = 1.0, include_candidates: Candidates = False,
+    dedup_trajectory: DedupTrajectory = True,
     learning_rate: Lr = None, epochs: Epochs = None, max_steps: MaxSteps = None,
     batch_size: Batch = None, grad_accum: Accum = None, max_length: MaxLength = None,
     lora: Lora = None, train_args: TrainArgs = None,

@@ -3,11 +3,13 @@
 For every problem the current model is rolled out for up to ``max_turns`` turns through the
 shared turn loop (:mod:`rise.loop`), so states are built with the same chat template and the same
 token-level continuation as the service. At each turn a set of candidate actions is sampled
-from the same state — ``n_samples`` from the policy (self-distillation, best-of-N) and, when a
-teacher is configured, ``teacher.samples`` from any OpenAI-compatible endpoint (distillation) —
-every candidate is graded, degenerate ones are dropped, and the FIRST candidate with the highest
-reward becomes the trajectory's action (policy candidates come first, so a tie keeps the
-on-policy action). The trajectory stops once its action is correct.
+from the same state — ``samples[t]`` from the policy (one at turn 1, best-of-N for every
+correction, as the public RISE code) and, at correction turns when a teacher is configured,
+``teacher.samples`` from any OpenAI-compatible endpoint (distillation) — every candidate is
+graded, degenerate ones are dropped, and the FIRST candidate with the highest reward becomes the
+trajectory's action (policy candidates come first, so a tie keeps the on-policy action). The
+trajectory stops once its action is correct, unless ``continue_after_correct`` asks it to go on
+(the test-time condition: no oracle says "stop, you are right").
 
 All problems are in flight at once (bounded by ``concurrency``) so the engine's continuous
 batching always sees every pending request. Each finished problem is appended to the output
@@ -23,7 +25,6 @@ plus the fixed submission order is what there is.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -39,6 +40,14 @@ from rise.episode import Episode, Outcome, Turn
 from rise.loop import TurnLoop, new_episode
 from rise.prompts import ChatRenderer, PromptConfig
 from rise_train.datasets import Problem
+from rise_train.records import (
+    Candidate,
+    Trajectory,
+    TurnRecord,
+    append_trajectory,
+    read_trajectories,
+    write_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,28 +70,68 @@ class TeacherConfig:
             raise ValueError("teacher samples must be >= 1")
 
 
+def per_turn(schedule: Sequence[Any], turn: int) -> Any:
+    """The value of a per-turn schedule at 0-based ``turn``; the last entry repeats."""
+    return schedule[min(turn, len(schedule) - 1)]
+
+
 @dataclass
 class CollectConfig:
-    """How rollouts are sampled and which candidates count; the defaults are CPU-sized."""
+    """How rollouts are sampled and which candidates count (RISE.md §2).
+
+    ``samples`` and ``temperatures`` are per-turn schedules whose last entry repeats: the
+    default ``(1, 16)`` is the public RISE code's ``--num_of_samples 1 16`` — one on-policy
+    attempt at turn 1 (the attempt to be corrected) and best-of-16 for every correction. N
+    samples at turn 1 would make most problems "solved" at turn 1 by luck of N tries, and the
+    data would mostly teach "answer, then repeat" (behavior collapse).
+    """
 
     max_turns: int = 2  # the paper's training rollouts
-    n_samples: int = 4  # policy candidates per turn (the paper: 16)
-    temperature: float = 1.0
+    samples: tuple[int, ...] = (1, 16)  # policy candidates per turn (RISE: 1, then 16)
+    temperatures: tuple[float, ...] = (1.0,)  # per turn (RISE: 1.0)
     top_p: float = 1.0
     max_tokens: int = 512
     max_word_repeats: int = 150  # a candidate repeating one word more often is degenerate
     concurrency: int = 64  # problems in flight at once
     context_window: int | None = None  # None: the state holds every earlier attempt
+    # RISE stops a rollout at the first correct action (an oracle the model lacks at test
+    # time). Going on lets the data show what to do after a right answer: keep it.
+    continue_after_correct: bool = False
     seed: int = 0
     iteration: int = 0
     teacher: TeacherConfig | None = None
 
     def __post_init__(self) -> None:
+        self.samples = tuple(int(n) for n in self.samples)
+        self.temperatures = tuple(float(t) for t in self.temperatures)
         for name in ("max_turns", "concurrency", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.n_samples < (0 if self.teacher is not None else 1):
-            raise ValueError("n_samples must be >= 1 (or >= 0 with a teacher)")
+        if not self.samples or not self.temperatures:
+            raise ValueError("samples and temperatures need at least one entry")
+        if self.samples[0] < 1:
+            raise ValueError("turn 1 needs at least one policy sample (the attempt to correct)")
+        if min(self.samples) < (0 if self.teacher is not None else 1):
+            raise ValueError("samples must be >= 1 at every turn (or >= 0 with a teacher)")
+        if min(self.temperatures) < 0:
+            raise ValueError("temperatures must be >= 0")
+
+    def samples_at(self, turn: int) -> int:
+        return int(per_turn(self.samples, turn))
+
+    def temperature_at(self, turn: int) -> float:
+        return float(per_turn(self.temperatures, turn))
+
+
+def parse_schedule(text: str, kind: type = int) -> tuple[Any, ...]:
+    """``"1,16"`` → ``(1, 16)``; the CLI's form of a per-turn schedule."""
+    try:
+        values = tuple(kind(part) for part in str(text).replace(" ", "").split(",") if part)
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}")
+    return values
 
 
 # -- pure helpers -----------------------------------------------------------------------------
@@ -103,19 +152,6 @@ def first_best(rewards: Sequence[float]) -> int:
     """Index of the first maximum (the paper keeps the first best candidate)."""
     best = max(rewards)
     return next(i for i, r in enumerate(rewards) if r == best)
-
-
-def candidate_record(turn: Turn, source: str) -> dict[str, Any]:
-    """One scored candidate as written to the trajectory file."""
-    return {
-        "text": turn.text,
-        "output_ids": list(turn.output_ids),
-        "ended_with_eos": turn.ended_with_eos,
-        "answer": turn.answer,
-        "outcome": None if turn.outcome is None else turn.outcome.value,
-        "reward": turn.reward,
-        "source": source,
-    }
 
 
 # -- the teacher ------------------------------------------------------------------------------
@@ -175,22 +211,27 @@ class Collector:
         self.renderer = renderer or ChatRenderer(engine.tokenizer, PromptConfig())
         self.loop = TurnLoop(engine, self.renderer)
         if teacher is None and config.teacher is not None:
-            teacher = OpenAITeacher(config.teacher, config.temperature, config.top_p)
+            teacher = OpenAITeacher(config.teacher, config.temperatures[-1], config.top_p)
         self.teacher = teacher
 
     def sampling(self, problem_id: str, turn: int, candidate: int) -> SamplingConfig:
         c = self.config
         seed = derive_seed(c.seed, c.iteration, problem_id, turn, candidate)
-        return SamplingConfig(c.temperature, c.top_p, c.max_tokens, seed=seed)
+        return SamplingConfig(c.temperature_at(turn), c.top_p, c.max_tokens, seed=seed)
 
     async def candidates(self, problem: Problem, episode: Episode) -> list[tuple[Turn, str]]:
-        """Every candidate action for the episode's next state: policy first, then teacher."""
-        index, n, window = len(episode.turns), self.config.n_samples, self.config.context_window
+        """Every candidate action for the episode's next state: policy first, then teacher.
+
+        The teacher answers only improvement turns: turn 1 is the learner's own attempt.
+        """
+        index, window = len(episode.turns), self.config.context_window
+        n = self.config.samples_at(index)
         policy = [
             self.loop.take_turn(episode, self.sampling(problem.id, index, i), window=window)
             for i in range(n)
         ]
-        teacher = [self.teacher_turns(problem, episode)] if self.teacher is not None else []
+        asks_teacher = self.teacher is not None and index > 0
+        teacher = [self.teacher_turns(problem, episode)] if asks_teacher else []
         results = await asyncio.gather(*policy, *teacher)  # all in flight together
         out = [(turn, "policy") for turn in results[:n]]
         return out + [(turn, "teacher") for group in results[n:] for turn in group]
@@ -208,7 +249,7 @@ class Collector:
         if len(prompt_ids) >= self.engine.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.engine.max_model_len)
         n = self.config.teacher.samples
-        offset = self.config.n_samples
+        offset = self.config.samples_at(index)
         seeds = [self.sampling(problem.id, index, offset + i).seed or 0 for i in range(n)]
         messages = [*episode.messages(), {"role": "user", "content": user_message}]
         texts = await self.teacher.complete(messages, n, seeds, self.config.max_tokens)
@@ -223,15 +264,24 @@ class Collector:
             )
         return turns
 
-    async def rollout(self, problem: Problem) -> dict[str, Any]:
-        """One trajectory record (the JSONL line) for ``problem``."""
+    async def rollout(self, problem: Problem) -> Trajectory:
+        """One trajectory (the JSONL line) for ``problem``."""
         episode = new_episode(
             problem.question,
             reference=problem.reference,
             grader=problem.grader,
             context=self.renderer.prompts.context(),
         )
-        turns: list[dict[str, Any]] = []
+        trajectory = Trajectory(
+            problem_id=problem.id,
+            question=problem.question,
+            reference=problem.reference,
+            grader=problem.grader,
+            source=problem.source,
+            context=episode.context,
+            iteration=self.config.iteration,
+            seed=self.config.seed,
+        )
         for _ in range(self.config.max_turns):
             try:
                 scored = await self.candidates(problem, episode)
@@ -246,75 +296,33 @@ class Collector:
                 break  # nothing usable to continue from
             chosen = first_best([turn.reward or 0.0 for turn, _ in kept])
             action = kept[chosen][0]
-            turns.append(
-                {
-                    "index": action.index,
-                    "user_message": action.user_message,
-                    "prompt_ids": list(action.prompt_ids),
-                    "candidates": [candidate_record(t, s) for t, s in kept],
-                    "chosen": chosen,
-                    "dropped": len(scored) - len(kept),
-                }
+            trajectory.turns.append(
+                TurnRecord(
+                    index=action.index,
+                    user_message=action.user_message,
+                    prompt_ids=list(action.prompt_ids),
+                    candidates=[Candidate.from_turn(t, s) for t, s in kept],
+                    chosen=chosen,
+                    dropped=len(scored) - len(kept),
+                )
             )
             episode.turns.append(action)
-            if action.outcome is Outcome.CORRECT:
+            if action.outcome is Outcome.CORRECT and not self.config.continue_after_correct:
                 break
-        return {
-            "problem_id": problem.id,
-            "question": problem.question,
-            "reference": problem.reference,
-            "grader": problem.grader,
-            "source": problem.source,
-            "context": episode.context,
-            "turns": turns,
-            "iteration": self.config.iteration,
-            "seed": self.config.seed,
-        }
+        return trajectory
 
 
 # -- the resumable file -----------------------------------------------------------------------
 
 
-def read_trajectory_file(path: Path) -> list[dict[str, Any]]:
-    """Records already written; a truncated last line (a crash mid-write) is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    records: list[dict[str, Any]] = []
-    good_end = 0  # byte offset just after the last complete, valid line
-    for raw in data.splitlines(keepends=True):
-        try:
-            record = json.loads(raw)
-            complete = raw.endswith(b"\n") and isinstance(record, dict)
-        except json.JSONDecodeError:
-            complete = False
-        if not complete:
-            if good_end + len(raw) < len(data):  # damage before the end is not a crash
-                raise ValueError(f"{path}: corrupt line at byte {good_end}; fix or delete the file")
-            logger.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
-            break
-        records.append(record)
-        good_end += len(raw)
-    if good_end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-    return records
-
-
-def finalize(path: Path, problems: Sequence[Problem]) -> list[dict[str, Any]]:
+def finalize(path: Path, problems: Sequence[Problem]) -> list[Trajectory]:
     """Rewrite the file in problem order, one record per id (atomic replace)."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for record in read_trajectory_file(path):
-        by_id.setdefault(record["problem_id"], record)
+    by_id: dict[str, Trajectory] = {}
+    for record in read_trajectories(path, repair=True):
+        by_id.setdefault(record.problem_id, record)
     order = {p.id: i for i, p in enumerate(problems)}
-    records = sorted(by_id.values(), key=lambda r: order.get(r["problem_id"], len(order)))
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    records = sorted(by_id.values(), key=lambda r: order.get(r.problem_id, len(order)))
+    write_jsonl(records, path, fsync=True)
     return records
 
 
@@ -340,20 +348,19 @@ class CollectStats:
         return dict(vars(self))
 
 
-def summarize(records: Sequence[dict[str, Any]], max_turns: int) -> CollectStats:
+def summarize(records: Sequence[Trajectory], max_turns: int) -> CollectStats:
     stats = CollectStats(problems=len(records), solved_at_turn=[0] * max_turns)
     for record in records:
-        turns = record.get("turns", [])
-        for t, turn in enumerate(turns):
-            cands = turn["candidates"]
+        for turn in record.turns:
             stats.turns += 1
-            stats.candidates += len(cands)
-            stats.dropped += int(turn.get("dropped", 0))
-            stats.correct_candidates += sum(c.get("outcome") == "correct" for c in cands)
-            stats.output_tokens += sum(len(c.get("output_ids") or []) for c in cands)
-            if cands[turn["chosen"]].get("outcome") == "correct" and t < max_turns:
-                stats.solved += 1
-                stats.solved_at_turn[t] += 1
+            stats.candidates += len(turn.candidates)
+            stats.dropped += turn.dropped
+            stats.correct_candidates += sum(c.correct for c in turn.candidates)
+            stats.output_tokens += sum(len(c.output_ids or []) for c in turn.candidates)
+        first = next((t for t, r in enumerate(record.rewards) if r >= 1.0), None)
+        if first is not None and first < max_turns:
+            stats.solved += 1
+            stats.solved_at_turn[first] += 1
     return stats
 
 
@@ -379,7 +386,7 @@ async def collect(
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids must be unique: they key trajectories and resumption")
-    done = {r["problem_id"] for r in read_trajectory_file(path)}
+    done = {r.problem_id for r in read_trajectories(path, repair=True)}
     todo = [p for p in problems if p.id not in done]
     collector = Collector(engine, config, renderer, teacher)
     gate = asyncio.Semaphore(config.concurrency)
@@ -393,9 +400,7 @@ async def collect(
         async def one(problem: Problem) -> None:
             async with gate:
                 record = await collector.rollout(problem)
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())  # a finished problem survives a crash of this process
+            append_trajectory(handle, record)  # a finished problem survives a crash
             bar.update(1)
 
         tasks = [asyncio.create_task(one(p)) for p in todo]

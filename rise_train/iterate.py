@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rise.engine import DEFAULT_MODEL, EngineSettings
+from rise.prompts import PromptConfig
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig
 from rise_train.datasets import Problem, write_problems
@@ -56,6 +57,7 @@ class DataSet:
     problems: list[Problem]
     spec: str | None = None
     files: list[Path] = field(default_factory=list)
+    name: str = "eval"  # extra held-out sets are reported under their name
 
 
 @dataclass
@@ -72,6 +74,8 @@ class IterateConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     evaluate_base: bool = True
     progress: bool = True
+    # The prompts of collection and evaluation (one renderer for both, as for serving).
+    prompts: PromptConfig = field(default_factory=PromptConfig)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -83,7 +87,8 @@ class IterateConfig:
         if teacher:
             teacher["api_key"] = None  # never write a secret into the manifest
         data["engine"] = {k: str(v) if isinstance(v, Path) else v for k, v in self.engine.items()}
-        return data
+        # Through JSON, so tuples compare equal to the lists a resumed manifest holds.
+        return json.loads(json.dumps(data, default=str))
 
     def engine_settings(self, model: str | Path) -> EngineSettings:
         return EngineSettings(model=str(model), seed=self.collect.seed, **self.engine)
@@ -155,14 +160,22 @@ def load_manifest(run_dir: str | Path) -> dict[str, Any]:
 
 
 def open_manifest(
-    run_dir: Path, config: IterateConfig, train: DataSet, evals: DataSet
+    run_dir: Path,
+    config: IterateConfig,
+    train: DataSet,
+    evals: DataSet,
+    extra_evals: Sequence[DataSet] = (),
 ) -> dict[str, Any]:
     """The run's manifest: a new one, or the existing one when config and data match."""
     fresh = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_commit(),
         "config": config.to_dict(),
-        "data": {"train": data_entry(train), "eval": data_entry(evals)},
+        "data": {
+            "train": data_entry(train),
+            "eval": data_entry(evals),
+            **{f"eval:{d.name}": data_entry(d) for d in extra_evals},
+        },
         "stages": [],
         "evaluations": {},
         "iterations": [],
@@ -210,25 +223,40 @@ async def _engine_session(
     evaluate_as: str | None,
     collect_iteration: int | None,
     train: DataSet,
-    evals: DataSet,
+    evals: Sequence[DataSet],
 ) -> None:
-    """Start an engine on ``policy``; evaluate it and/or collect with it; close the engine."""
+    """Start an engine on ``policy``; evaluate it and/or collect with it; close the engine.
+
+    ``evals``: the main held-out set first, then the extra ones; each set this model has no
+    report for yet is evaluated (a resumed run evaluates only what is missing).
+    """
     from rise.engine import build_engine
+    from rise.prompts import ChatRenderer
     from rise_train.collect import collect
     from rise_train.evaluate import run_evaluation, write_evaluation
 
     with stage(run_dir, manifest, "engine_start", collect_iteration):
         engine = build_engine(config.engine_settings(policy))
+    renderer = ChatRenderer(engine.tokenizer, config.prompts)
     try:
-        if evaluate_as is not None:
-            out = run_dir / ("eval/base" if evaluate_as == "base" else f"{evaluate_as}/eval")
-            with stage(run_dir, manifest, f"evaluate:{evaluate_as}", None) as record:
+        for position, data in enumerate(evals if evaluate_as is not None else []):
+            assert evaluate_as is not None
+            main = position == 0
+            done = evaluations(manifest, None if main else data.name)
+            if evaluate_as in done:
+                continue
+            folder = "eval" if main else f"eval-{data.name}"
+            out = run_dir / (
+                f"{folder}/base" if evaluate_as == "base" else f"{evaluate_as}/{folder}"
+            )
+            name = f"evaluate:{evaluate_as}" + ("" if main else f":{data.name}")
+            with stage(run_dir, manifest, name, None) as record:
                 result = await run_evaluation(
-                    engine, evals.problems, config.evaluate, label=evaluate_as,
-                    progress=config.progress,
+                    engine, data.problems, config.evaluate, label=evaluate_as,
+                    renderer=renderer, progress=config.progress,
                 )  # fmt: skip
                 report_path = write_evaluation(result, out)
-                manifest["evaluations"][evaluate_as] = {
+                done[evaluate_as] = {
                     "model": str(policy),
                     "report": str(report_path.relative_to(run_dir)),
                     "metrics": result.report["metrics"],
@@ -240,7 +268,10 @@ async def _engine_session(
             path = run_dir / f"iter-{k}" / "trajectories.jsonl"
             cfg = replace(config.collect, iteration=k)  # the iteration salts request seeds
             with stage(run_dir, manifest, "collect", k):
-                stats = await collect(engine, train.problems, path, cfg, progress=config.progress)
+                stats = await collect(
+                    engine, train.problems, path, cfg, renderer=renderer,
+                    progress=config.progress,
+                )  # fmt: skip
                 entry = manifest["iterations"][k]
                 entry["trajectories"] = str(path.relative_to(run_dir))
                 entry["collect"] = stats.to_dict()
@@ -319,8 +350,24 @@ def plot_run(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
 # -- the run ---------------------------------------------------------------------------------
 
 
-def run(config: IterateConfig, train: DataSet, evals: DataSet) -> dict[str, Any]:
-    """Run (or resume) ``config.iterations`` RISE iterations; returns the manifest."""
+def evaluations(manifest: dict[str, Any], extra: str | None = None) -> dict[str, Any]:
+    """The manifest's reports by model label: the main held-out set's, or extra set ``extra``'s."""
+    if extra is None:
+        return manifest.setdefault("evaluations", {})  # type: ignore[no-any-return]
+    return manifest.setdefault("extra_evaluations", {}).setdefault(extra, {})  # type: ignore[no-any-return]
+
+
+def run(
+    config: IterateConfig,
+    train: DataSet,
+    evals: DataSet,
+    extra_evals: Sequence[DataSet] = (),
+) -> dict[str, Any]:
+    """Run (or resume) ``config.iterations`` RISE iterations; returns the manifest.
+
+    Every model is evaluated on ``evals`` and on each of ``extra_evals`` (named held-out sets,
+    e.g. out-of-template problems), each reported separately.
+    """
     from rise.engine.models import prepare_model
 
     if not train.problems:
@@ -329,9 +376,22 @@ def run(config: IterateConfig, train: DataSet, evals: DataSet) -> dict[str, Any]
         raise ValueError("no evaluation problems")
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = open_manifest(run_dir, config, train, evals)
+    names = [d.name for d in extra_evals]
+    if len(set(names)) != len(names) or "eval" in names:
+        raise ValueError(f"extra evaluation sets need distinct names other than 'eval': {names}")
+    manifest = open_manifest(run_dir, config, train, evals, extra_evals)
     write_problems(train.problems, run_dir / "problems" / "train.jsonl")
     write_problems(evals.problems, run_dir / "problems" / "eval.jsonl")
+    for data in extra_evals:
+        write_problems(data.problems, run_dir / "problems" / f"eval-{data.name}.jsonl")
+    all_evals = [evals, *extra_evals]
+
+    def missing(label: str) -> bool:
+        return any(
+            label not in evaluations(manifest, None if i == 0 else d.name)
+            for i, d in enumerate(all_evals)
+        )
+
     start = time.perf_counter()
     settings = config.engine_settings(config.model)
     with stage(run_dir, manifest, "prepare_model", None):
@@ -345,12 +405,12 @@ def run(config: IterateConfig, train: DataSet, evals: DataSet) -> dict[str, Any]
         entry = manifest["iterations"][k]
         entry["policy"] = str(policy)
         label = "base" if k == 0 else f"iter-{k - 1}"
-        wants_eval = (k > 0 or config.evaluate_base) and label not in manifest["evaluations"]
+        wants_eval = (k > 0 or config.evaluate_base) and missing(label)
         evaluate_as = label if wants_eval else None
         collect_k = None if "collect" in entry else k
         if evaluate_as is not None or collect_k is not None:
             session = _engine_session(
-                run_dir, manifest, config, policy, evaluate_as, collect_k, train, evals
+                run_dir, manifest, config, policy, evaluate_as, collect_k, train, all_evals
             )
             asyncio.run(session)
             plot_run(run_dir, manifest)
@@ -361,8 +421,9 @@ def run(config: IterateConfig, train: DataSet, evals: DataSet) -> dict[str, Any]
         policy = run_dir / entry["model"]
 
     final = f"iter-{config.iterations - 1}"
-    if final not in manifest["evaluations"]:
-        asyncio.run(_engine_session(run_dir, manifest, config, policy, final, None, train, evals))
+    if missing(final):
+        session = _engine_session(run_dir, manifest, config, policy, final, None, train, all_evals)
+        asyncio.run(session)
     plot_run(run_dir, manifest)
     manifest["final_model"] = str(policy)
     manifest["wall_s_last_invocation"] = round(time.perf_counter() - start, 3)

@@ -15,10 +15,10 @@ from rise_train.build import (
     build,
     build_examples,
     keeps,
-    read_examples,
     rwr_weight,
     truncate_left,
 )
+from rise_train.records import PreferencePair, read_rows
 
 OUTCOME = {1.0: "correct", 0.0: "wrong", -1.0: "unparseable"}
 
@@ -61,7 +61,7 @@ def _trajectory(pid: str, turns: list[list[float]], chosen: list[int] | None = N
 def _kept(criteria: str, trajectories: list[dict], **kw: Any) -> set[tuple[str, int]]:
     config = BuildConfig(criteria=criteria, shuffle=False, **kw)
     examples, _ = build_examples(trajectories, config)
-    return {(e["problem_id"], e["turn"]) for e in examples}
+    return {(e.problem_id, e.turn) for e in examples}
 
 
 TRAJECTORIES = [
@@ -113,17 +113,17 @@ def test_rwr_weight_values() -> None:
     assert rwr_weight(0.0) == 1.0
     assert round(rwr_weight(-1.0), 3) == 0.082
     examples, _ = build_examples(TRAJECTORIES, BuildConfig(shuffle=False))
-    by_key = {(e["problem_id"], e["turn"]): e for e in examples}
-    assert by_key[("a", 1)]["weight"] == pytest.approx(math.exp(2.5))
-    assert by_key[("a", 0)]["weight"] == 1.0
-    assert by_key[("c", 0)]["weight"] == pytest.approx(math.exp(-2.5))
-    assert by_key[("a", 1)]["reward"] == 1.0 and by_key[("a", 1)]["outcome"] == "correct"
+    by_key = {(e.problem_id, e.turn): e for e in examples}
+    assert by_key[("a", 1)].weight == pytest.approx(math.exp(2.5))
+    assert by_key[("a", 0)].weight == 1.0
+    assert by_key[("c", 0)].weight == pytest.approx(math.exp(-2.5))
+    assert by_key[("a", 1)].reward == 1.0 and by_key[("a", 1)].outcome == "correct"
 
 
 def test_build_uniform_weights() -> None:
     examples, _ = build_examples(TRAJECTORIES, BuildConfig(weighting="uniform"))
     assert len(examples) == 8
-    assert {e["weight"] for e in examples} == {1.0}
+    assert {e.weight for e in examples} == {1.0}
 
 
 def test_build_awr_centred_on_all_attempts_of_the_problem() -> None:
@@ -134,8 +134,8 @@ def test_build_awr_centred_on_all_attempts_of_the_problem() -> None:
     config = BuildConfig(weighting="awr", shuffle=False)
     examples, stats = build_examples([trajectory, same], config)
     # The wrong chosen turn 0 is below the mean: clipped to 0 and dropped.
-    assert [(e["problem_id"], e["turn"]) for e in examples] == [("p", 1)]
-    assert examples[0]["weight"] == pytest.approx(math.exp(2.5) - mean)
+    assert [(e.problem_id, e.turn) for e in examples] == [("p", 1)]
+    assert examples[0].weight == pytest.approx(math.exp(2.5) - mean)
     assert stats.zero_weight == 2
     every, _ = build_examples(
         [trajectory], BuildConfig(weighting="awr", shuffle=False, include_candidates=True)
@@ -148,13 +148,13 @@ def test_build_include_candidates_makes_every_attempt_an_example() -> None:
     config = BuildConfig(shuffle=False, include_candidates=True, weighting="uniform")
     examples, stats = build_examples([trajectory], config)
     assert stats.actions == 5
-    assert [(e["turn"], e["reward"]) for e in examples] == [
+    assert [(e.turn, e.reward) for e in examples] == [
         (0, 0.0), (0, -1.0), (0, 0.0), (1, 1.0), (1, 0.0)
     ]  # fmt: skip
     better, _ = build_examples(
         [trajectory], BuildConfig(criteria="better", shuffle=False, include_candidates=True)
     )
-    assert [(e["turn"], e["reward"]) for e in better] == [(1, 1.0)]
+    assert [(e.turn, e.reward) for e in better] == [(1, 1.0)]
 
 
 def test_build_loss_mask_covers_target_only() -> None:
@@ -162,9 +162,9 @@ def test_build_loss_mask_covers_target_only() -> None:
     turn1 = TRAJECTORIES[0]["turns"][1]
     prompt, target = turn1["prompt_ids"], turn1["candidates"][0]["output_ids"]
     example = examples[1]
-    assert example["input_ids"] == prompt + target
-    assert example["labels"] == [IGNORE_INDEX] * len(prompt) + target
-    assert len(example["input_ids"]) == len(example["labels"])
+    assert example.input_ids == prompt + target
+    assert example.labels == [IGNORE_INDEX] * len(prompt) + target
+    assert len(example.input_ids) == len(example.labels)
 
 
 def test_build_dedups_identical_pairs() -> None:
@@ -177,7 +177,7 @@ def test_build_dedups_identical_pairs() -> None:
 
 def _order(trajectories: list[dict], **kw: Any) -> list[tuple[str, int]]:
     examples, _ = build_examples(trajectories, BuildConfig(**kw))
-    return [(e["problem_id"], e["turn"]) for e in examples]
+    return [(e.problem_id, e.turn) for e in examples]
 
 
 def test_build_shuffle_is_deterministic() -> None:
@@ -202,10 +202,9 @@ def test_truncate_left_keeps_target() -> None:
 def test_build_truncates_and_drops_too_long() -> None:
     trajectory = _trajectory("a", [[0.0], [1.0]])  # prompts of 5 and 6 tokens, targets of 2
     examples, stats = build_examples([trajectory], BuildConfig(shuffle=False, max_length=7))
-    assert [len(e["input_ids"]) for e in examples] == [7, 7]
+    assert [len(e.input_ids) for e in examples] == [7, 7]
     assert (
-        examples[1]["input_ids"]
-        == trajectory["turns"][1]["prompt_ids"][-5:] + examples[1]["labels"][-2:]
+        examples[1].input_ids == trajectory["turns"][1]["prompt_ids"][-5:] + examples[1].labels[-2:]
     )
     assert stats.truncated == 1
     _, dropped = build_examples([trajectory], BuildConfig(max_length=2))
@@ -241,9 +240,9 @@ def test_build_renders_text_only_trajectories(tiny_tokenizer: Any) -> None:
     target0, _ = renderer.response_ids(texts[0])
     target1, _ = renderer.response_ids(texts[1])
     prompt1 = prompt0 + target0 + renderer.continuation_ids(users[1], ended_with_eos=True)
-    assert examples[0]["input_ids"] == prompt0 + target0
-    assert examples[1]["input_ids"] == prompt1 + target1
-    assert examples[1]["labels"] == [IGNORE_INDEX] * len(prompt1) + target1
+    assert examples[0].input_ids == prompt0 + target0
+    assert examples[1].input_ids == prompt1 + target1
+    assert examples[1].labels == [IGNORE_INDEX] * len(prompt1) + target1
     # The rendered state is the chat template's rendering of the whole conversation.
     full = renderer.render(
         [*context, {"role": "user", "content": users[0]},
@@ -263,10 +262,139 @@ def test_build_files_round_trip(tmp_path: Path) -> None:
     source = tmp_path / "trajectories.jsonl"
     source.write_text("".join(json.dumps(t) + "\n" for t in TRAJECTORIES))
     stats = build(source, tmp_path / "out" / "examples.jsonl", BuildConfig(criteria="success"))
-    examples = read_examples(tmp_path / "out" / "examples.jsonl")
+    examples = read_rows(tmp_path / "out" / "examples.jsonl")
     assert stats.examples == len(examples) == 2
     assert stats.by_outcome == {"correct": 2}
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("{}\n[1]\n")
+    bad.write_text(json.dumps(TRAJECTORIES[0]) + "\n[1]\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2"):
         build(bad, tmp_path / "x.jsonl")
+
+
+# -- the anti-collapse options ----------------------------------------------------------------
+
+
+def _turn(t: int, cands: list[tuple[float, list[int], str | None]], chosen: int = 0) -> dict:
+    return {
+        "index": t,
+        "user_message": f"turn {t}",
+        "prompt_ids": [900 + 10 * t + k for k in range(4 + t)],
+        "candidates": [
+            {"text": "x", "output_ids": ids, "answer": ans, "outcome": OUTCOME[r], "reward": r}
+            for r, ids, ans in cands
+        ],
+        "chosen": chosen,
+    }
+
+
+def _traj(pid: str, *turns: dict) -> dict:
+    return {"problem_id": pid, "question": "q", "grader": "gsm8k", "turns": list(turns)}
+
+
+def test_within_trajectory_dedup_drops_repeats_of_earlier_action_and_wrong_answer() -> None:
+    copy = _traj("copy", _turn(0, [(0.0, [1, 2, 3], "5")]), _turn(1, [(0.0, [1, 2, 3], "5")]))
+    same = _traj("same", _turn(0, [(0.0, [1, 2, 3], "5")]), _turn(1, [(0.0, [7, 8], "5.0")]))
+    new = _traj("new", _turn(0, [(0.0, [1, 2, 3], "5")]), _turn(1, [(0.0, [7, 8], "6")]))
+    # dedup=False: the three share their turn-1 state, which the global de-dup would merge.
+    rows, stats = build_examples([copy, same, new], BuildConfig(shuffle=False, dedup=False))
+    assert [(r.problem_id, r.turn) for r in rows] == [
+        ("copy", 0),
+        ("same", 0),
+        ("new", 0),
+        ("new", 1),
+    ]
+    assert stats.repeats_earlier_action == 1 and stats.repeats_wrong_answer == 1
+    everything, _ = build_examples(
+        [copy, same, new], BuildConfig(dedup_trajectory=False, dedup=False)
+    )
+    assert len(everything) == 6
+
+
+def test_dissimilar_target_is_the_correct_candidate_least_like_the_attempt() -> None:
+    attempt = [1, 2, 3, 4, 5, 6]
+    near, far = [1, 2, 3, 4, 5, 9], [7, 8, 9]
+    traj = _traj(
+        "p",
+        _turn(0, [(0.0, attempt, "1")]),
+        _turn(1, [(0.0, [1, 2], "2"), (1.0, near, "3"), (1.0, far, "3")], chosen=1),
+    )
+    chosen, _ = build_examples([traj], BuildConfig(shuffle=False, criteria="success"))
+    assert chosen[0].input_ids[-len(near) :] == near
+    rows, stats = build_examples(
+        [traj], BuildConfig(shuffle=False, criteria="success", target="dissimilar")
+    )
+    assert rows[0].input_ids[-len(far) :] == far
+    assert stats.target_edit_ratio["n"] == 1 and stats.target_edit_ratio["mean"] == 0.0
+
+
+def test_first_turn_control_and_progress_bonus_weights() -> None:
+    traj = [
+        _traj("wr", _turn(0, [(0.0, [1], "1")]), _turn(1, [(1.0, [2], "2")])),
+        _traj("r", _turn(0, [(1.0, [3], "2")])),
+        _traj("rw", _turn(0, [(1.0, [4], "2")]), _turn(1, [(0.0, [5], "3")])),
+    ]
+    full, _ = build_examples(traj, BuildConfig(shuffle=False))
+    assert {(r.problem_id, r.turn): r.weight for r in full}[("r", 0)] == pytest.approx(
+        math.exp(2.5)
+    )
+    unit, _ = build_examples(traj, BuildConfig(shuffle=False, first_turn="unit"))
+    weights = {(r.problem_id, r.turn): r.weight for r in unit}
+    assert weights[("r", 0)] == 1.0 and weights[("wr", 0)] == 1.0
+    assert weights[("wr", 1)] == pytest.approx(math.exp(2.5))
+    excluded, stats = build_examples(traj, BuildConfig(shuffle=False, first_turn="exclude"))
+    assert {r.turn for r in excluded} == {1} and stats.first_turn_excluded == 3
+    bonus, stats = build_examples(traj, BuildConfig(shuffle=False, progress_bonus=2.0))
+    weights = {(r.problem_id, r.turn): r.weight for r in bonus}
+    assert weights[("wr", 1)] == pytest.approx(math.exp(2.5) + 2.0)
+    assert ("rw", 1) not in weights and stats.zero_weight == 1  # 1.0 - 2.0 clipped to 0
+
+
+def test_composition_counts_and_weight_shares() -> None:
+    traj = [
+        _traj("wr", _turn(0, [(0.0, [1], "1")]), _turn(1, [(1.0, [2], "2")])),
+        _traj("ww", _turn(0, [(0.0, [3], "1")]), _turn(1, [(0.0, [4], "4")])),
+        _traj("rr", _turn(0, [(1.0, [5], "2")]), _turn(1, [(1.0, [6], "2")])),
+    ]
+    _, stats = build_examples(traj, BuildConfig(shuffle=False, weighting="uniform"))
+    comp = stats.composition
+    assert comp["first"]["count"] == 3 and comp["wrong_to_right"]["count"] == 1
+    assert comp["wrong_to_wrong"]["count"] == 1 and comp["right_to_right"]["count"] == 1
+    assert comp["right_to_wrong"]["count"] == 0
+    assert comp["first"]["share"] == pytest.approx(0.5)
+    _, rwr = build_examples(traj, BuildConfig(shuffle=False))
+    total = 2 * math.exp(2.5) + 1 + 1 + 1 + math.exp(2.5)  # first: wrong, wrong, right
+    assert rwr.composition["wrong_to_right"]["weight_share"] == pytest.approx(math.exp(2.5) / total)
+
+
+def test_preference_pairs_fix_and_keep() -> None:
+    wrong = _traj(
+        "w", _turn(0, [(0.0, [1, 1], "1")]), _turn(1, [(0.0, [5], "5"), (1.0, [2, 2], "2")], 1)
+    )
+    right = _traj(
+        "r", _turn(0, [(1.0, [3, 3], "2")]), _turn(1, [(1.0, [3, 3], "2"), (0.0, [4], "9")])
+    )
+    rows, stats = build_examples([wrong, right], BuildConfig(shuffle=False, pairs="fix"))
+    pairs = [r for r in rows if isinstance(r, PreferencePair)]
+    assert len(pairs) == 1 and stats.pairs == 1
+    (fix,) = pairs
+    assert (fix.chosen_ids, fix.rejected_ids, fix.pair_type) == ([2, 2], [1, 1], "fix")
+    assert fix.prompt_ids == wrong["turns"][1]["prompt_ids"]
+    rows, stats = build_examples([wrong, right], BuildConfig(shuffle=False, pairs="fix+keep"))
+    keep = [r for r in rows if isinstance(r, PreferencePair) and r.pair_type == "keep"]
+    assert [(k.chosen_ids, k.rejected_ids) for k in keep] == [([3, 3], [4])]
+    assert stats.pairs_by_type == {"fix": 1, "keep": 1}
+
+
+def test_rows_round_trip_and_missing_weight_is_an_error(tmp_path: Path) -> None:
+    from rise_train.records import Example, row_from_dict, write_jsonl
+
+    rows = [
+        Example.from_ids([1, 2], [3], 2.5, problem_id="a", transition="first"),
+        PreferencePair([1], [2], [3], weight=0.5, pair_type="keep"),
+    ]
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    assert read_rows(tmp_path / "rows.jsonl") == rows
+    with pytest.raises(ValueError, match="weight"):
+        row_from_dict({"input_ids": [1], "labels": [1]})
+    with pytest.raises(ValueError, match="kind"):
+        row_from_dict({"kind": "ppo", "weight": 1})

@@ -21,9 +21,9 @@ from rise_train.collect import (
     collect,
     first_best,
     is_degenerate,
-    read_trajectory_file,
 )
 from rise_train.datasets import Problem
+from rise_train.records import read_trajectories
 from tests.scripted_engine import ScriptedEngineBase
 
 TURN_KEYS = {"index", "user_message", "prompt_ids", "candidates", "chosen", "dropped"}
@@ -32,6 +32,11 @@ RECORD_KEYS = {
     *("problem_id", "question", "reference", "grader", "source", "context", "turns"),
     *("iteration", "seed"),
 }
+
+
+def read_trajectory_file(path: Path) -> list[dict]:
+    """The file's records as their JSON dicts (the shape the assertions below check)."""
+    return [t.to_dict() for t in read_trajectories(path, repair=True)]
 
 
 def problems(n: int, reference: Callable[[int], str] = lambda i: "7") -> list[Problem]:
@@ -51,7 +56,7 @@ class SeedScriptedEngine(ScriptedEngineBase):
             derive_seed(config.seed, config.iteration, p.id, t, c): (i, t, c)
             for i, p in enumerate(problems)
             for t in range(config.max_turns)
-            for c in range(config.n_samples + 8)
+            for c in range(max(config.samples) + 8)
         }
         self.requests: list[tuple[int, int, int]] = []
         self.fail_on: int | None = None  # problem index whose request raises
@@ -112,17 +117,21 @@ def test_derive_seed_is_stable_and_distinct() -> None:
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError):
-        CollectConfig(n_samples=0)
+        CollectConfig(samples=(0,))
+    with pytest.raises(ValueError):
+        CollectConfig(samples=(1, 0))
     with pytest.raises(ValueError):
         CollectConfig(max_turns=0)
-    CollectConfig(n_samples=0, teacher=TeacherConfig("http://x/v1", "t"))
+    with pytest.raises(ValueError, match="turn 1"):
+        CollectConfig(samples=(0, 4), teacher=TeacherConfig("http://x/v1", "t"))
+    CollectConfig(samples=(1, 0), teacher=TeacherConfig("http://x/v1", "t"))
 
 
 # -- rollouts on a scripted engine ----------------------------------------------------------------
 
 
 async def test_collect_chooses_first_best_and_stops_when_correct(tmp_path, tiny_tokenizer) -> None:
-    config = CollectConfig(max_turns=3, n_samples=4)
+    config = CollectConfig(max_turns=3, samples=(4,))
     probs = problems(3)
 
     def script(i: int, turn: int, cand: int) -> str:
@@ -153,7 +162,7 @@ async def test_collect_chooses_first_best_and_stops_when_correct(tmp_path, tiny_
 
 
 async def test_collect_drops_degenerate_candidates(tmp_path, tiny_tokenizer) -> None:
-    config = CollectConfig(max_turns=2, n_samples=3, max_word_repeats=20)
+    config = CollectConfig(max_turns=2, samples=(3,), max_word_repeats=20)
     probs = problems(2)
 
     def script(i: int, turn: int, cand: int) -> str:
@@ -183,14 +192,16 @@ async def test_collect_with_teacher_candidates(tmp_path, tiny_tokenizer) -> None
 
     teacher = FakeTeacher()
     config = CollectConfig(
-        max_turns=2, n_samples=1, teacher=TeacherConfig("http://unused/v1", "big", samples=2)
+        max_turns=2, samples=(1,), teacher=TeacherConfig("http://unused/v1", "big", samples=2)
     )
     probs = problems(1)
     engine = SeedScriptedEngine(tiny_tokenizer, probs, lambda *k: "It is 5.", config)
     out = tmp_path / "traj.jsonl"
     await collect(engine, probs, out, config, teacher=teacher, progress=False)
     (record,) = read_trajectory_file(out)
-    (turn,) = record["turns"]
+    first, turn = record["turns"]
+    # The teacher answers corrections only: turn 1 is the learner's own attempt.
+    assert [c["source"] for c in first["candidates"]] == ["policy"]
     assert [c["source"] for c in turn["candidates"]] == ["policy", "teacher", "teacher"]
     assert turn["chosen"] == 2 and turn["candidates"][2]["answer"] == "7"
     teacher_ids = turn["candidates"][2]["output_ids"]
@@ -200,10 +211,12 @@ async def test_collect_with_teacher_candidates(tmp_path, tiny_tokenizer) -> None
     assert (
         teacher.calls[0][-1]["role"] == "user" and "Question 0" in teacher.calls[0][-1]["content"]
     )
+    assert len(teacher.calls) == 1
+    assert teacher.calls[0][-2] == {"role": "assistant", "content": "It is 5."}
 
 
 async def test_collect_resumes_after_a_crash(tmp_path, tiny_tokenizer) -> None:
-    config = CollectConfig(max_turns=2, n_samples=2, concurrency=1)
+    config = CollectConfig(max_turns=2, samples=(2,), concurrency=1)
     probs = problems(6)
 
     def script(i: int, turn: int, cand: int) -> str:
@@ -248,7 +261,7 @@ def test_read_trajectory_file_refuses_damage_before_the_end(tmp_path) -> None:
 @pytest.mark.slow
 async def test_collect_on_parrot_engine(tmp_path, parrot_engine) -> None:
     probs = problems(8, reference=lambda i: "7" if i % 2 == 0 else "8")
-    config = CollectConfig(max_turns=2, n_samples=3, temperature=0.0, max_tokens=40)
+    config = CollectConfig(max_turns=2, samples=(3,), temperatures=(0.0,), max_tokens=40)
     out = tmp_path / "parrot.jsonl"
     stats = await collect(parrot_engine, probs, out, config, progress=False)
     records = read_trajectory_file(out)
@@ -269,13 +282,70 @@ async def test_collect_on_parrot_engine(tmp_path, parrot_engine) -> None:
     examples, _ = build_examples(records, BuildConfig(shuffle=False))
     assert len(examples) == 4 + 2 * 4  # one per (state, action): right at once, or wrong twice
     for ex in examples:
-        assert ex["weight"] == pytest.approx(math.exp(ex["reward"] / 0.4))
+        assert ex.weight == pytest.approx(math.exp(ex.reward / 0.4))
 
 
 async def test_trajectory_paths_are_created(tmp_path: Path, tiny_tokenizer) -> None:
-    config = CollectConfig(max_turns=1, n_samples=1)
+    config = CollectConfig(max_turns=1, samples=(1,))
     probs = problems(1)
     engine = SeedScriptedEngine(tiny_tokenizer, probs, lambda *k: "7", config)
     out = tmp_path / "deep" / "dir" / "t.jsonl"
     await collect(engine, probs, out, config, progress=False)
     assert read_trajectory_file(out)[0]["turns"][0]["candidates"][0]["outcome"] == "correct"
+
+
+# -- RISE's sample schedule and the anti-collapse options --------------------------------------
+
+
+async def test_schedule_one_attempt_then_best_of_n(tmp_path, tiny_tokenizer) -> None:
+    config = CollectConfig(max_turns=3, samples=(1, 4), temperatures=(0.7, 1.0))
+    probs = problems(2)
+
+    def script(i: int, turn: int, cand: int) -> str:
+        if turn == 0:
+            return "It is 7." if i == 0 else "It is 5."  # p-0 right at once, p-1 wrong
+        return "So 7." if cand == 3 else "Still 5."  # the 4th correction candidate is right
+
+    temperatures: dict[int, set[float]] = {}
+
+    class Recording(SeedScriptedEngine):
+        async def generate(self, prompt_ids, sampling, request_id):
+            turn = self.by_seed[sampling.seed][1]
+            temperatures.setdefault(turn, set()).add(sampling.temperature)
+            async for chunk in super().generate(prompt_ids, sampling, request_id):
+                yield chunk
+
+    engine = Recording(tiny_tokenizer, probs, script, config)
+    out = tmp_path / "traj.jsonl"
+    stats = await collect(engine, probs, out, config, progress=False)
+    first, second = read_trajectory_file(out)
+    assert [len(t["candidates"]) for t in first["turns"]] == [1]  # solved: stop (RISE)
+    assert [len(t["candidates"]) for t in second["turns"]] == [1, 4]
+    assert second["turns"][1]["chosen"] == 3
+    assert sorted(engine.requests) == [(0, 0, 0), (1, 0, 0)] + [(1, 1, c) for c in range(4)]
+    assert temperatures == {0: {0.7}, 1: {1.0}}
+    assert stats.solved_at_turn == [1, 1, 0] and stats.candidates == 6
+
+
+async def test_continue_after_correct_keeps_rolling_out(tmp_path, tiny_tokenizer) -> None:
+    config = CollectConfig(max_turns=3, samples=(1, 2), continue_after_correct=True)
+    probs = problems(1)
+    engine = SeedScriptedEngine(
+        tiny_tokenizer, probs, lambda i, t, c: "It is 7." if c == 1 or t == 0 else "9", config
+    )
+    out = tmp_path / "traj.jsonl"
+    stats = await collect(engine, probs, out, config, progress=False)
+    (record,) = read_trajectory_file(out)
+    assert [len(t["candidates"]) for t in record["turns"]] == [1, 2, 2]
+    assert [t["chosen"] for t in record["turns"]] == [0, 1, 1]  # the right one is kept
+    assert stats.solved == 1 and stats.solved_at_turn == [1, 0, 0]
+
+
+def test_parse_schedule() -> None:
+    from rise_train.collect import parse_schedule
+
+    assert parse_schedule("1,16") == (1, 16)
+    assert parse_schedule("0.7, 1.0", float) == (0.7, 1.0)
+    with pytest.raises(ValueError, match="comma-separated"):
+        parse_schedule("1,x")
+    assert CollectConfig(samples=(1, 16)).samples_at(5) == 16
