@@ -249,7 +249,6 @@ def build(
 ) -> None:  # fmt: skip
     """Turn trajectories into reward-weighted training examples (and preference pairs)."""
     from rise_train.build import build as run_build
-    from rise_train.build import format_composition
 
     o = resolve(ctx)
     if not o.trajectories:
@@ -261,8 +260,7 @@ def build(
         o, dedup=o.dedup, shuffle=o.shuffle, max_length=o.max_length, tokenizer=o.tokenizer
     )
     stats = run_build(o.trajectories, o.output, cfg)
-    _print_json(stats.to_dict())
-    typer.echo(format_composition(stats), err=True)
+    _print_json(stats.to_dict())  # its "composition" is the data composition
 
 
 @app.command()
@@ -297,60 +295,143 @@ def train(
     _print_json({k: v for k, v in vars(result).items() if k != "log_history"})
 
 
+GraderName = Literal["gsm8k", "math", "exact"]  # rise.answers.GRADER_NAMES
+
+
+def _data_name(spec: str) -> str:
+    """A held-out set's folder name: the file stem (``gsm8k:data/test.jsonl`` → ``test``)."""
+    kind, sep, location = spec.partition(":")
+    if sep and kind == "hf":
+        return location.split(":")[0].rsplit("/", 1)[-1]
+    return Path(location if sep and kind in ("gsm8k", "math", "jsonl") else spec).stem
+
+
+def _eval_sets(o: SimpleNamespace) -> list[tuple[str, list]]:
+    """(name, problems) per ``--data``, the grader override applied; fails before any engine."""
+    from dataclasses import replace
+
+    specs = [o.data] if isinstance(o.data, str) else list(o.data or [])
+    if not specs:
+        raise typer.BadParameter(
+            "is required (on the command line or in --config)", param_hint="--data"
+        )
+    names = list(o.data_name or []) or [_data_name(s) for s in specs]
+    if len(names) != len(specs):
+        raise typer.BadParameter("give one name per --data", param_hint="--data-name")
+    if len(set(names)) != len(names):
+        raise typer.BadParameter(
+            f"two held-out sets share a name: {names}", param_hint="--data-name"
+        )
+    sets = []
+    for name, spec in zip(names, specs, strict=True):
+        problems = _problems(spec, "--data", o, o.limit)
+        if o.grader:
+            problems = [replace(p, grader=o.grader) for p in problems]
+        sets.append((name, problems))
+    return sets
+
+
+def _compare_reports(paths: list[Path] | None, data: str, several: bool) -> list[tuple[str, Any]]:
+    """``--compare`` reports for one held-out set (with several: their ``<data>/`` subfolder)."""
+    from rise_train.report import read_report
+
+    out = []
+    for path in paths or []:
+        sub = Path(path) / data / "report.json"
+        if several and not sub.is_file():
+            continue
+        out.append((Path(path).stem, read_report(sub if several else path)))
+    return out
+
+
 @app.command()
 @friendly_errors
 def evaluate(
     ctx: typer.Context,
-    data: Annotated[str | None, Opt(help=SPEC_HELP)] = None,
+    data: Annotated[
+        list[str] | None, Opt(help=SPEC_HELP + " Repeat for several held-out sets.")
+    ] = None,
+    data_name: Annotated[
+        list[str] | None, Opt(help="Name per --data (subfolder, table) [default: file stem].")
+    ] = None,
+    grader: Annotated[
+        GraderName | None, Opt(help="Grade every problem with this grader [default: the data's].")
+    ] = None,
     model: Model = "default",
-    output_dir: Annotated[Path, Opt(help="report.json, episodes.jsonl, the plot.")] = Path(
-        "runs/eval"
-    ),
+    output_dir: Annotated[
+        Path, Opt(help="report.json, episodes.jsonl, plots (one subfolder per --data if several).")
+    ] = Path("runs/eval"),
     label: Annotated[str | None, Opt(help="Name in the report and plot.")] = None,
-    compare: Annotated[list[Path] | None, Opt(help="Other report.json to plot beside.")] = None,
+    compare: Annotated[
+        list[Path] | None, Opt(help="Other evaluation folders/report.json to plot beside.")
+    ] = None,
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
     turns: Annotated[int, Opt(help="Sequential turns N (m1@tN, p1@tN).")] = 5,
     parallel: Annotated[int, Opt(help="Parallel first-turn samples P (mP@t1).")] = 5,
+    repeats: Annotated[int, Opt(help="Evaluation seeds: samples of every problem.")] = 1,
+    ablation: Annotated[
+        bool, Opt(help="Turn 2 after the own / a foreign / no wrong attempt.")
+    ] = False,
     temperature: Temperature = 1.0, top_p: TopP = 1.0, max_tokens: MaxTokens = 512,
     context_window: Window = None, concurrency: Concurrency = 256,
     data_dir: DataDir = None, max_model_len: MaxModelLen = None, kv_cache_gib: KvCache = None,
     block_size: BlockSize = None, max_num_seqs: MaxSeqs = None,
     config: Config = None, quiet: Quiet = False,
 ) -> None:  # fmt: skip
-    """m1@t1, m5@t1, m1@tN, p1@tN, accuracy and flips per turn, with 95% CIs; JSON + plot."""
-    from rise_train import evaluate as ev
+    """m1@t1, m5@t1, m1@tN, p1@tN, flips, copy selectivity, exploration (95% CIs); JSON + plots."""
+    from rise_train import report as rp
+    from rise_train.evaluate import EvalConfig, run_evaluation
+    from rise_train.metrics import paired_comparison
 
     o = resolve(ctx)
-    problems = _problems(o.data, "--data", o, o.limit)
-    others = [(Path(p).stem, ev.read_report(p)) for p in o.compare or []]
-    cfg = ev.EvalConfig(
+    sets = _eval_sets(o)
+    several = len(sets) > 1
+    cfg = EvalConfig(
         max_turns=o.turns, n_parallel=o.parallel, temperature=o.temperature, top_p=o.top_p,
         max_tokens=o.max_tokens, context_window=o.context_window, seed=o.seed,
-        concurrency=o.concurrency,
+        concurrency=o.concurrency, repeats=o.repeats, ablation=o.ablation,
     )  # fmt: skip
     settings = _settings(o.model, o, o.seed)
     name = o.label or Path(o.model).name
+    others = {data: _compare_reports(o.compare, data, several) for data, _ in sets}
 
-    async def go() -> Any:
+    table: list[tuple[str, Any]] = []
+    table_data: list[str] = []
+
+    def write(data: str, result: Any) -> None:
+        """One held-out set's files and text, as soon as it is done."""
+        out = Path(o.output_dir) / data if several else Path(o.output_dir)
+        reports = [*others[data], (name, result.report)]
+        report_path = rp.write_evaluation(result, out)
+        plots = [
+            rp.plot_accuracy_by_turn(reports, out / "accuracy_by_turn.png"),
+            rp.plot_copy_by_turn(reports, out / "copy_by_turn.png"),
+        ]
+        table.extend(reports)
+        table_data.extend([data] * len(reports))
+        typer.echo((f"== {data} ==\n" if several else "") + rp.format_per_turn(result.report))
+        typer.echo("\n" + rp.format_evidence(result.report) + "\n")
+        for other_name, other in others[data]:
+            paired = paired_comparison(other, result.report)
+            if paired.get("problems"):
+                typer.echo(rp.format_comparison(name, other_name, paired))
+        typer.echo(f"report: {report_path}")
+        typer.echo("\n".join(f"plot: {p}" for p in plots if p is not None) + "\n")
+
+    async def go() -> None:
         from rise.engine import build_engine
 
         engine = build_engine(settings)
         try:
-            return await ev.run_evaluation(engine, problems, cfg, label=name, progress=not o.quiet)
+            for data, problems in sets:
+                write(data, await run_evaluation(
+                    engine, problems, cfg, label=name, progress=not o.quiet
+                ))  # fmt: skip
         finally:
             await engine.close()
 
-    result = asyncio.run(go())
-    report_path = ev.write_evaluation(result, o.output_dir)
-    reports = [*others, (name, result.report)]
-    plot = ev.plot_accuracy_by_turn(reports, Path(o.output_dir) / "accuracy_by_turn.png")
-    typer.echo(ev.format_table(reports))
-    typer.echo(ev.format_per_turn(result.report))
-    for other_name, other in others:
-        paired = ev.paired_comparison(other, result.report)
-        if paired:
-            typer.echo(ev.format_comparison(name, other_name, paired))
-    typer.echo(f"report: {report_path}\nplot: {plot}")
+    asyncio.run(go())
+    typer.echo(rp.format_table(table, table_data if several else None))
 
 
 @app.command()
@@ -426,8 +507,8 @@ def report(
     as_json: Annotated[bool, Opt("--json", help="Print the raw manifest/report.")] = False,
 ) -> None:
     """Print a run's metrics table and stage times (or one evaluation report)."""
-    from rise_train.evaluate import format_per_turn, format_table, read_report
     from rise_train.iterate import MANIFEST, format_run, load_manifest
+    from rise_train.report import format_per_turn, format_table, read_report
 
     if (path / MANIFEST).is_file():
         manifest = load_manifest(path)

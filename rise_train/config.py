@@ -96,6 +96,8 @@ def resolve(ctx: typer.Context) -> SimpleNamespace:
             if name in _PASS_THROUGH and isinstance(raw, dict):
                 values[name] = raw
                 continue
+            if getattr(params[name], "multiple", False) and isinstance(raw, str):
+                raw = [raw]  # a list option given one value in the file
             try:
                 values[name] = params[name].process_value(ctx, raw)
             except typer.BadParameter as error:

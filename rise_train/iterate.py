@@ -233,7 +233,8 @@ async def _engine_session(
     from rise.engine import build_engine
     from rise.prompts import ChatRenderer
     from rise_train.collect import collect
-    from rise_train.evaluate import run_evaluation, write_evaluation
+    from rise_train.evaluate import run_evaluation
+    from rise_train.report import write_evaluation
 
     with stage(run_dir, manifest, "engine_start", collect_iteration):
         engine = build_engine(config.engine_settings(policy))
@@ -336,7 +337,7 @@ def _train(
 
 
 def plot_run(run_dir: Path, manifest: dict[str, Any]) -> Path | None:
-    from rise_train.evaluate import plot_accuracy_by_turn, read_report
+    from rise_train.report import plot_accuracy_by_turn, read_report
 
     reports = [
         (label, read_report(run_dir / entry["report"]))
@@ -436,7 +437,7 @@ def run(
 
 def format_run(manifest: dict[str, Any]) -> str:
     """The run's metrics table, then per-iteration data and stage wall times."""
-    from rise_train.evaluate import format_table
+    from rise_train.report import format_table
 
     reports = [(label, {"metrics": e["metrics"]}) for label, e in manifest["evaluations"].items()]
     lines = []

@@ -40,7 +40,7 @@ def trajectory(problem_id: str, outcomes: list[str]) -> dict:
                     "text": o,
                     "output_ids": [10 + t, 11],
                     "ended_with_eos": True,
-                    "answer": "7",
+                    "answer": "7" if o == "correct" else str(5 - t),
                     "outcome": o,
                     "reward": reward[o],
                     "source": "policy",

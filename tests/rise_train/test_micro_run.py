@@ -28,8 +28,8 @@ from typer.testing import CliRunner
 
 from rise_train.cli import app as cli_app
 from rise_train.datasets import Problem
-from rise_train.evaluate import compute_metrics, paired_comparison
 from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
+from rise_train.metrics import compute_metrics, paired_comparison
 from rise_train.train import WeightedCollator, weighted_nll
 
 REPO = Path(__file__).resolve().parents[2]

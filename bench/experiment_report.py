@@ -1,0 +1,137 @@
+"""Tables of RISE experiment runs, read from their run directories (no engine).
+
+For every run directory given: each evaluated model on each held-out set (the main one and
+the extra ones, e.g. out-of-template) with the headline metrics, the sequential gain
+m1@tN − m1@t1 with its paired interval, copy selectivity and flips; every tuned model's
+difference from the base paired over problems; each iteration's data composition and training
+loss. Also written to ``results.json`` in each run directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rise_train.build import format_composition
+from rise_train.metrics import paired_comparison
+from rise_train.report import format_paired, read_report
+
+HEADLINE = ("m1@t1", "m5@t1", "m1@t5", "p1@t5", "pass@5")
+
+
+def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{eval set: {model label: report}} for every report the manifest lists."""
+    sets = {"eval": manifest.get("evaluations", {}), **manifest.get("extra_evaluations", {})}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, entries in sets.items():
+        out[name] = {}
+        for label, entry in entries.items():
+            path = run_dir / entry["report"]
+            if path.exists():
+                out[name][label] = read_report(path)
+    return out
+
+
+def _metric(report: dict[str, Any], name: str) -> str:
+    m = report.get("metrics", {}).get(name)
+    if m is None:
+        return "-"
+    low, high = m["ci95"]
+    return f"{100 * m['value']:.1f} [{100 * low:.0f},{100 * high:.0f}]"
+
+
+def _selectivity(report: dict[str, Any]) -> str:
+    sel = report.get("copy_selectivity", {}).get("pooled")
+    if not sel:
+        return "-"
+    wrong = sel.get("same_answer_given_wrong", {})
+    right = sel.get("same_answer_given_right", {})
+    return f"{100 * wrong.get('value', 0):.0f}% / {100 * right.get('value', 0):.0f}%"
+
+
+def _flips(report: dict[str, Any]) -> str:
+    flips = report.get("flips", {})
+    if not flips:
+        return "-"
+    return f"{flips.get('wrong_to_right', 0)}:{flips.get('right_to_wrong', 0)}"
+
+
+def summarize_run(run_dir: Path) -> dict[str, Any]:
+    """The results of one run directory (what results.json holds)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    reports = _reports(run_dir, manifest)
+    out: dict[str, Any] = {"run": str(run_dir), "sets": {}, "iterations": []}
+    for name, by_label in reports.items():
+        rows = {}
+        for label, report in by_label.items():
+            rows[label] = {
+                "metrics": {k: report["metrics"].get(k) for k in HEADLINE},
+                "sequential_gain": report.get("sequential_gain"),
+                "copy_selectivity": report.get("copy_selectivity", {}).get("pooled"),
+                "flips": report.get("flips"),
+                "distinct_answers": report.get("distinct_answers"),
+                "ablation": report.get("ablation"),
+            }
+            if label != "base" and "base" in by_label:
+                rows[label]["minus_base"] = paired_comparison(by_label["base"], report)
+        out["sets"][name] = rows
+    for entry in manifest.get("iterations", []):
+        out["iterations"].append(
+            {
+                "iteration": entry["iteration"],
+                "collect": entry.get("collect"),
+                "build": entry.get("build"),
+                "train": entry.get("train"),
+            }
+        )
+    out["stages"] = manifest.get("stages", [])
+    (run_dir / "results.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def print_summary(run_dirs: list[Path]) -> None:
+    """Print every run's tables (and write each run's results.json)."""
+    header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "same|wrong / same|right", "w>r:r>w"]
+    rows = [header]
+    details: list[str] = []
+    for run_dir in run_dirs:
+        result = summarize_run(run_dir)
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        reports = _reports(run_dir, manifest)
+        for name, by_label in reports.items():
+            for label, report in by_label.items():
+                gain = report.get("sequential_gain") or {}
+                cell = "-"
+                if gain:
+                    low, high = gain["ci95"]
+                    cell = f"{100 * gain['value']:+.1f} [{100 * low:+.0f},{100 * high:+.0f}]"
+                rows.append(
+                    [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE), cell,
+                     _selectivity(report), _flips(report)]
+                )  # fmt: skip
+        for name, by_label in result["sets"].items():
+            for label, row in by_label.items():
+                for key, paired in (row.get("minus_base") or {}).items():
+                    if key != "problems":
+                        details.append(
+                            format_paired(f"{run_dir.name} {label}-base {name} {key}", paired)
+                        )
+        for it in result["iterations"]:
+            build = it.get("build")
+            if build and "composition" in build:
+                details.append(
+                    f"{run_dir.name} iteration {it['iteration']} " + format_composition(build)
+                )
+            train = it.get("train") or {}
+            if train.get("losses"):
+                losses = train["losses"]
+                details.append(
+                    f"{run_dir.name} iteration {it['iteration']} train: "
+                    f"{train['global_step']} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+                )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    print()
+    print("\n".join(details))
