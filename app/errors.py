@@ -6,6 +6,10 @@ the OpenAI-style body ``{"error": {"message", "type", "param", "code"}}`` — th
 JSON, wrong types, out-of-range values) and Starlette's HTTP exceptions (404 route, 405, 413) are
 mapped into the same shape by handlers registered once in :func:`install_error_handlers`.
 Inside an SSE stream the same body is sent as the final event (:func:`error_body`).
+
+``param`` names a field of the client's request, which only the API layer knows: it translates
+the core's plan and prompt errors (:func:`app.api.common.wire_errors`). Should one escape it,
+the handlers here still answer 400, naming the plan field.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rise.engine.base import PromptTooLongError
+from rise.plan import PlanError
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +163,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return _json(exc.status_code, body, dict(exc.headers or {}))
 
 
+async def _core_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, PlanError):
+        return _json(400, error_body(str(exc), InvalidRequest.type, exc.field))
+    code = "context_length_exceeded"
+    return _json(400, error_body(str(exc), InvalidRequest.type, None, code))
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return _json(500, error_body("internal server error", "internal_error"))
@@ -166,4 +180,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PlanError, _core_error)
+    app.add_exception_handler(PromptTooLongError, _core_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,10 +1,12 @@
 """The FastAPI application: ``create_app(settings)`` wires engine, session store and metrics.
 
-Nothing connects at import time. The lifespan builds the engine (vLLM: tens of seconds, in a
-worker thread so the event loop stays responsive) and the session store, puts the
-:class:`~app.service.SolveService` on ``app.state``, and on shutdown stores the sessions of
-solves still in flight before it stops the engine and closes the store. Tests may inject an
-engine and a store (they are then not closed here).
+Nothing connects at import time. The lifespan resolves the prompts the model runs with
+(``RISE_PROMPTS``, or the ``rise_prompts.json`` a checkpoint carries — a configured file that
+differs from the checkpoint's stops the start-up unless ``RISE_PROMPTS_OVERRIDE`` is set), builds
+the engine (vLLM: tens of seconds, in a worker thread so the event loop stays responsive) and
+the session store, puts the :class:`~app.service.SolveService` on ``app.state``, and on shutdown
+stores the sessions of solves still in flight before it stops the engine and closes the store.
+Tests may inject an engine and a store (they are then not closed here).
 """
 
 from __future__ import annotations
@@ -18,14 +20,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.api import openai, ops, solve
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, HttpMetrics
-from app.routes import openai, ops, solve
 from app.service import SolveService
 from app.sessions import SessionStore, build_store
 from app.settings import Settings
 from rise.engine.base import Engine
+from rise.prompt_file import ActivePrompts, local_model_dir, resolve_prompts
 
 logger = logging.getLogger("app")
 
@@ -35,11 +38,28 @@ DESCRIPTION = """Answers reconsidered over several turns (RISE, arXiv 2407.18219
 or the extra body field `rise` asks for N turns); sessions persist every turn."""
 
 
+def served_prompts(settings: Settings) -> ActivePrompts:
+    """The prompts to serve with; raises with a clear message on a file or parity problem."""
+    try:
+        return resolve_prompts(
+            settings.prompts,
+            local_model_dir(settings.model, settings.data_dir),
+            override=settings.prompts_override,
+        )
+    except (OSError, ValueError) as error:
+        logger.error("cannot start: %s", error)
+        raise RuntimeError(f"cannot start: {error}") from error
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     engine, store = app.state.injected
     own_engine, own_store = engine is None, store is None
+    # Checked before the engine loads when the model folder is here already; a model
+    # downloaded by this start-up is checked once it is.
+    known_folder = local_model_dir(settings.model, settings.data_dir) is not None
+    prompts = served_prompts(settings)
     if store is None:
         store = build_store(
             settings.redis_url,
@@ -52,7 +72,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         logger.info("loading %s", settings.model)
         engine = await asyncio.to_thread(build_engine, settings)
-    service = SolveService(engine, store, app.state.metrics, settings)
+        if not known_folder:
+            try:
+                prompts = served_prompts(settings)
+            except RuntimeError:
+                await engine.close()
+                if own_store:
+                    await store.close()
+                raise
+    logger.info("%s", prompts.describe())
+    service = SolveService(engine, store, app.state.metrics, settings, prompts)
     app.state.service = service
     logger.info("ready: %s, sessions in %s", service.model_name, type(store).__name__)
     try:

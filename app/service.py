@@ -1,7 +1,9 @@
-"""SolveService: the one object routes call to run RISE turns (admission, loop, persistence).
+"""SolveService: runs request plans on episodes — admission, the turn loop, persistence.
 
-A request becomes a :class:`SolveJob` — sessions (new episodes, or one stored episode to
-continue) and a :class:`TurnPlan` — and :meth:`SolveService.run` drives it:
+The service speaks in plans and episodes, never in a wire format: the API layer (``app/api/``)
+translates a request into a :class:`SolveJob` — a :class:`~rise.plan.RequestPlan` and the
+sessions it runs on (new episodes, or one stored session to continue) — and the results back
+into its own response. :meth:`SolveService.run` drives a job:
 
 1. admission: at most ``max_concurrent_solves`` run, ``max_queued_solves`` wait, the rest get
    429 with ``Retry-After``;
@@ -13,8 +15,15 @@ continue) and a :class:`TurnPlan` — and :meth:`SolveService.run` drives it:
 4. however the run ends — done, error, client gone, server shutting down — unfinished episodes
    are stored as they stand (``stop_reason = cancelled``) and the leases released.
 
-The first event of a run is :class:`Started`: errors raised before it (429, 409, 503) are plain
-HTTP errors; later ones end a stream with an error event.
+What a run produced is a :class:`SolveResult`, separate from the job: the first event of a run
+is :class:`Started`, which carries it; errors raised before it (429, 409, 503) are plain HTTP
+errors, later ones end a stream with an error event.
+
+A request that cannot run raises :class:`~rise.plan.PlanError` (beyond the deployment's
+bounds, oracle without a reference) or :class:`~rise.engine.base.PromptTooLongError`; session
+errors are :class:`~app.errors.NotFound` / :class:`~app.errors.Conflict` with codes
+``session_not_found`` / ``session_busy``. None of them names a request field: the API layer does
+(:func:`app.api.common.wire_errors`).
 """
 
 from __future__ import annotations
@@ -24,13 +33,12 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 from app.errors import (
     Conflict,
     EngineUnavailable,
-    InvalidRequest,
     NotFound,
     ServiceError,
     ServiceUnavailable,
@@ -39,125 +47,58 @@ from app.errors import (
 from app.metrics import Metrics
 from app.sessions import Session, SessionStore, new_lease_token
 from app.settings import Settings
-from rise.engine.base import Engine, EngineError, PromptTooLongError, SamplingConfig
+from rise.engine.base import Engine, EngineError, PromptTooLongError
 from rise.episode import Episode, StopReason
-from rise.loop import (
-    EpisodeEvent,
-    LoopConfig,
-    TokenEvent,
-    TurnEvent,
-    TurnLoop,
-    choose_answer,
-    new_episode,
-    stop_reason,
-)
+from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, stop_reason
+from rise.plan import DEFAULT_MAX_TOKENS, RequestPlan
+from rise.prompt_file import ActivePrompts
 from rise.prompts import ChatRenderer, PromptConfig
-from rise.voting import Vote
+from rise.voting import FinalAnswer, final_answer
 
 logger = logging.getLogger(__name__)
 
-Mode = Literal["vote", "last", "oracle"]
-
 
 @dataclass(frozen=True)
-class TurnPlan:
-    """How many more turns, how to sample them, when to stop, how to pick the answer."""
+class SolveJob:
+    """What to run: the plan and the sessions it runs on. A run never changes it."""
 
-    max_turns: int
-    mode: Mode = "vote"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_on_convergence: bool = False
-    context_window: int | None = None
-
-    def options(self) -> dict[str, Any]:
-        """What a session remembers for its next continuation (everything but the count)."""
-        data = asdict(self)
-        del data["max_turns"]
-        data["stop"] = list(self.stop)
-        return data
-
-    @classmethod
-    def from_options(cls, options: dict[str, Any], **overrides: Any) -> TurnPlan:
-        known = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
-        known.update({k: v for k, v in overrides.items() if v is not None})
-        known["stop"] = tuple(known.get("stop") or ())
-        return cls(**known)
-
-    def loop_config(self, turns_before: int, stream_tokens: bool) -> LoopConfig:
-        return LoopConfig(
-            max_turns=turns_before + self.max_turns,
-            oracle=self.mode == "oracle",
-            converge_k=2 if self.stop_on_convergence else None,
-            context_window=self.context_window,
-            answer_mode=answer_mode(self.mode),
-            sampling=SamplingConfig(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                max_tokens=self.max_tokens,
-                seed=self.seed,
-                stop=self.stop,
-            ),
-            stream_tokens=stream_tokens,
-        )
+    plan: RequestPlan
+    sessions: tuple[Session, ...]  # new sessions (one per episode), or the one to continue
+    continued: bool = False
 
 
 @dataclass
-class SolveJob:
-    """One request's work: its sessions and plan. ``continued``: one stored session."""
+class SolveResult:
+    """What a run produced, filled in as it goes (complete once the run ended)."""
 
-    sessions: list[Session]
-    plan: TurnPlan
-    stream: bool = False
-    continued: bool = False
-    turns_before: list[int] = field(default_factory=list)
-    votes: dict[str, Vote] = field(default_factory=dict)
-    lease: str = field(default_factory=new_lease_token)
-    leased: list[str] = field(default_factory=list)
-    stored: bool = False  # the sessions were written once (they exist from then on)
-    error: bool = False
+    sessions: list[Session]  # as run: a continued session is the copy re-read under its lease
+    turns_before: list[int]  # turns each episode had before this run
+    finals: dict[str, FinalAnswer] = field(default_factory=dict)  # by session id, once ended
+
+    def final(self, index: int) -> FinalAnswer:
+        return self.finals[self.sessions[index].id]
 
 
 @dataclass(frozen=True)
 class Started:
     """Admitted, leased and stored: the sessions exist from here on."""
 
-    job: SolveJob
+    result: SolveResult
 
 
 ServiceEvent = Started | TokenEvent | TurnEvent | EpisodeEvent
 
 
-def answer_mode(mode: Mode) -> Literal["vote", "last"]:
-    """The loop's answer rule for a mode (oracle: the last turn once correct, else the vote)."""
-    return "last" if mode == "last" else "vote"
+@dataclass
+class _Run:
+    """A running job's bookkeeping (leases, whether its sessions were stored)."""
 
-
-def episode_from_messages(
-    messages: list[dict[str, str]], reference: str | None, grader: str
-) -> Episode:
-    """An episode whose question is the last (user) message and whose context is the rest.
-
-    The first turn sends the messages as given; later turns repeat the question in RISE's
-    introspection prompt.
-    """
-    if messages[-1]["role"] != "user":
-        raise InvalidRequest("the last message must be from the user", param="messages")
-    question = messages[-1]["content"]
-    if not question.strip():
-        raise InvalidRequest("the last user message is empty", param="messages")
-    return new_episode(
-        question, reference=reference, grader=grader, context=messages[:-1], first_message=question
-    )
-
-
-def check_bound(value: int, limit: int, param: str) -> int:
-    if value > limit:
-        raise InvalidRequest(f"{param} must be at most {limit} here (got {value})", param=param)
-    return value
+    job: SolveJob
+    result: SolveResult
+    lease: str = field(default_factory=new_lease_token)
+    leased: list[str] = field(default_factory=list)
+    stored: bool = False  # the sessions were written once (they exist from then on)
+    error: bool = False
 
 
 class Admission:
@@ -201,196 +142,189 @@ class SolveService:
     """Runs solves on one engine and one session store, recording metrics."""
 
     def __init__(
-        self, engine: Engine, store: SessionStore, metrics: Metrics, settings: Settings
+        self,
+        engine: Engine,
+        store: SessionStore,
+        metrics: Metrics,
+        settings: Settings,
+        prompts: ActivePrompts | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.metrics = metrics
         self.settings = settings
-        self.loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, PromptConfig()))
+        self.prompts = prompts or ActivePrompts(PromptConfig(), "default")
+        self.loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, self.prompts.prompts))
         self.model_name = settings.served_model_name or engine.model_name
+        self.limits = settings.plan_limits()
+        # The plan of a request that sets nothing: the plan's defaults within this deployment.
+        self.defaults = RequestPlan(
+            max_turns=settings.default_max_turns,
+            max_tokens=min(DEFAULT_MAX_TOKENS, settings.max_tokens),
+        )
         self.admission = Admission(
             settings.max_concurrent_solves,
             settings.max_queued_solves,
             metrics,
             settings.retry_after_s,
         )
-        self._jobs: dict[int, SolveJob] = {}  # running, by id()
+        self._runs: dict[int, _Run] = {}  # running, by id()
         self._cleanups: set[asyncio.Future[None]] = set()
         self._closing = False
 
     # ---- building jobs ---------------------------------------------------------------------
 
     def new_job(
-        self,
-        episodes: Sequence[Episode],
-        plan: TurnPlan,
-        owner: str | None,
-        *,
-        stream: bool,
-        prompt_param: str,
-        max_turns_param: str = "max_turns",
+        self, episodes: Sequence[Episode], plan: RequestPlan, owner: str | None
     ) -> SolveJob:
-        """Check a new solve against the limits; its sessions are stored when it runs."""
-        self._check_plan(plan, episodes, max_turns_param)
+        """Check a new solve against the limits; its sessions are stored when it runs.
+
+        Raises PlanError, or PromptTooLongError when the first prompt does not fit.
+        """
+        plan.check(self.limits, episodes)
         for episode in episodes[:1]:  # all episodes of one request share their first prompt
             prompt = self.loop.renderer.next_prompt_ids(
                 episode, self.loop.user_message(episode, 0), plan.context_window
             )
             if len(prompt) >= self.engine.max_model_len:
-                error = PromptTooLongError(len(prompt), self.engine.max_model_len)
-                raise InvalidRequest(str(error), param=prompt_param, code="context_length_exceeded")
-        sessions = [Session(e, owner=owner, options=plan.options()) for e in episodes]
-        return SolveJob(sessions, plan, stream=stream, turns_before=[0] * len(sessions))
+                raise PromptTooLongError(len(prompt), self.engine.max_model_len)
+        sessions = tuple(Session(e, owner=owner, plan=plan) for e in episodes)
+        return SolveJob(plan, sessions)
 
-    def _check_plan(
-        self, plan: TurnPlan, episodes: Sequence[Episode], max_turns_param: str
-    ) -> None:
-        """The plan within this server's bounds; oracle mode only with a reference."""
-        check_bound(plan.max_turns, self.settings.max_turns, max_turns_param)
-        check_bound(plan.max_tokens, self.settings.max_tokens, "max_tokens")
-        if plan.mode == "oracle" and any(e.reference is None for e in episodes):
-            raise InvalidRequest("mode 'oracle' needs a reference answer", param="reference")
+    def continue_job(
+        self, session: Session, plan: RequestPlan, *, reference: str | None = None
+    ) -> SolveJob:
+        """More turns on a loaded session under ``plan``; ``reference`` sets or replaces its own."""
+        if reference is not None:
+            session.episode.reference = reference
+        plan.check(self.limits, [session.episode])
+        return SolveJob(plan, (session,), continued=True)
 
     async def load(self, session_id: str, owner: str | None) -> Session:
-        """A stored session visible to ``owner`` (404 for unknown and foreign alike)."""
+        """A stored session visible to ``owner`` (NotFound for unknown and foreign alike)."""
         session = await self.store.get(session_id)
         if session is None or session.owner != owner:
-            raise NotFound(
-                f"no session {session_id!r}", param="session_id", code="session_not_found"
-            )
+            raise NotFound(f"no session {session_id!r}", code="session_not_found")
         return session
 
     async def delete(self, session_id: str, owner: str | None) -> None:
-        """Forget a session (409 while it runs turns)."""
+        """Forget a session (Conflict while it runs turns)."""
         await self.load(session_id, owner)
         token = new_lease_token()
         if not await self.store.acquire(session_id, token):
-            raise Conflict(f"session {session_id!r} is running turns", param="session_id")
+            raise Conflict(f"session {session_id!r} is running turns")
         try:
             await self.store.delete(session_id)
         finally:
             await self.store.release(session_id, token)
 
-    async def continue_job(
-        self,
-        session_id: str,
-        owner: str | None,
-        overrides: dict[str, Any],
-        *,
-        reference: str | None,
-        stream: bool,
-    ) -> SolveJob:
-        """More turns on a stored session; unset options keep the session's."""
-        session = await self.load(session_id, owner)
-        if reference is not None:
-            session.episode.reference = reference
-        overrides.setdefault("max_turns", None)
-        if overrides["max_turns"] is None:
-            overrides["max_turns"] = 1
-        plan = TurnPlan.from_options(session.options, **overrides)
-        self._check_plan(plan, [session.episode], "max_turns")
-        return SolveJob([session], plan, stream=stream, continued=True)
-
     # ---- running ---------------------------------------------------------------------------
 
-    async def run(self, job: SolveJob) -> AsyncIterator[ServiceEvent]:
-        """Admit, lease, store, then run the loop, storing every turn (see module docstring)."""
+    async def run(self, job: SolveJob, *, tokens: bool = True) -> AsyncIterator[ServiceEvent]:
+        """Admit, lease, store, then run the loop, storing every turn (see module docstring).
+
+        ``tokens``: yield a TokenEvent per engine delta (for streams); turn and episode events
+        come either way.
+        """
         if self._closing:
             raise ServiceUnavailable("the server is shutting down", code="shutting_down")
         await self.admission.acquire()
-        self._jobs[id(job)] = job
+        turns = [len(s.episode.turns) for s in job.sessions]
+        run = _Run(job, SolveResult(list(job.sessions), turns))
+        self._runs[id(run)] = run
         started = time.perf_counter()
         try:
-            await self._prepare(job)
-            yield Started(job)
-            async for event in self._drive(job):
+            await self._prepare(run)
+            yield Started(run.result)
+            async for event in self._drive(run, tokens):
                 yield event
         except Exception:
-            job.error = True  # not for cancellation: a client gone is no error
+            run.error = True  # not for cancellation: a client gone is no error
             raise
         finally:
             self.metrics.solve_duration.observe(time.perf_counter() - started)
             # Clean up in a task of its own: a cancelled request (anyio cancel scopes cancel
             # every later await too) must not stop the session being stored. The slot is
             # given back when the clean-up is done.
-            cleanup = asyncio.ensure_future(self._finish(job))
+            cleanup = asyncio.ensure_future(self._finish(run))
             self._cleanups.add(cleanup)
             cleanup.add_done_callback(self._cleanups.discard)
             cleanup.add_done_callback(lambda _: self.admission.release())
-            del self._jobs[id(job)]
+            del self._runs[id(run)]
             await asyncio.shield(cleanup)
 
-    async def complete(self, job: SolveJob) -> SolveJob:
-        """Run a job to its end (no token events); the job carries the results."""
-        job.stream = False
-        async for _ in self.run(job):
-            pass
-        return job
+    async def complete(self, job: SolveJob) -> SolveResult:
+        """Run a job to its end (no token events) and return what it produced."""
+        result = None
+        async for event in self.run(job, tokens=False):
+            if isinstance(event, Started):
+                result = event.result
+        assert result is not None  # run() yields Started first or raises
+        return result
 
-    async def _prepare(self, job: SolveJob) -> None:
-        for session in job.sessions:
-            if not await self.store.acquire(session.id, job.lease):
-                raise Conflict(
-                    f"session {session.id!r} is running turns already", param="session_id"
-                )
-            job.leased.append(session.id)
-        if job.continued:  # re-read under the lease: the stored copy is the latest now
-            old = job.sessions[0]
+    async def _prepare(self, run: _Run) -> None:
+        result = run.result
+        for session in result.sessions:
+            if not await self.store.acquire(session.id, run.lease):
+                raise Conflict(f"session {session.id!r} is running turns already")
+            run.leased.append(session.id)
+        if run.job.continued:  # re-read under the lease: the stored copy is the latest now
+            old = result.sessions[0]
             fresh = await self.store.get(old.id)
             if fresh is None or fresh.owner != old.owner:
-                raise NotFound(f"no session {old.id!r}", param="session_id")
+                raise NotFound(f"no session {old.id!r}", code="session_not_found")
             if old.episode.reference is not None:
                 fresh.episode.reference = old.episode.reference
             fresh.episode.stop_reason = None
-            fresh.options = job.plan.options()
-            job.sessions = [fresh]
-            job.turns_before = [len(fresh.episode.turns)]
-        for session in job.sessions:
+            fresh.plan = run.job.plan
+            result.sessions = [fresh]
+            result.turns_before = [len(fresh.episode.turns)]
+        for session in result.sessions:
             await self.store.put(session)
-        job.stored = True
+        run.stored = True
 
-    async def _drive(self, job: SolveJob) -> AsyncIterator[ServiceEvent]:
-        by_id = {session.id: session for session in job.sessions}
-        config = job.plan.loop_config(job.turns_before[0], stream_tokens=job.stream)
-        events = self.loop.stream([s.episode for s in job.sessions], config)
+    async def _drive(self, run: _Run, tokens: bool) -> AsyncIterator[ServiceEvent]:
+        result, plan = run.result, run.job.plan
+        index_of = {session.id: i for i, session in enumerate(result.sessions)}
+        config = plan.loop_config(stream_tokens=tokens)
+        events = self.loop.stream([s.episode for s in result.sessions], config)
         try:
             async for event in events:
                 if isinstance(event, TurnEvent):
-                    session = by_id[event.episode_id]
+                    i = index_of[event.episode_id]
+                    session = result.sessions[i]
                     self.metrics.record_turn(session.episode, event.turn)
-                    if stop_reason(session.episode, config) is None:
+                    if stop_reason(session.episode, config, result.turns_before[i]) is None:
                         # Not the last turn; the last one is stored with its EpisodeEvent,
                         # which follows at once (and _finish stores it if the run is cut).
                         await self.store.put(session)
                 elif isinstance(event, EpisodeEvent):
-                    job.votes[event.episode.id] = event.vote
-                    self.metrics.record_episode(job.plan.mode, event.episode, event.vote)
-                    await self.store.put(by_id[event.episode.id])
+                    result.finals[event.episode.id] = event.final
+                    self.metrics.record_episode(plan.mode, event.episode, event.vote)
+                    await self.store.put(result.sessions[index_of[event.episode.id]])
                 yield event
-        except PromptTooLongError as error:
-            code = "context_length_exceeded"
-            raise InvalidRequest(str(error), param="messages", code=code) from error
         except EngineError as error:
             raise EngineUnavailable(str(error)) from error
         finally:
             await events.aclose()
 
-    async def _finish(self, job: SolveJob) -> None:
+    async def _finish(self, run: _Run) -> None:
         """Store what unfinished episodes have, release the leases (never raises)."""
-        for session in job.sessions if job.stored else []:
-            if session.id in job.votes:
+        result, mode = run.result, run.job.plan.mode
+        for session in result.sessions if run.stored else []:
+            if session.id in result.finals:
                 continue  # finished: stored with its EpisodeEvent
             episode = session.episode
             if episode.stop_reason in (None, StopReason.CANCELLED):
-                episode.stop_reason = StopReason.ERROR if job.error else StopReason.CANCELLED
-            episode.final_answer, vote = choose_answer(episode, answer_mode(job.plan.mode))
-            job.votes[session.id] = vote
-            self.metrics.record_episode(job.plan.mode, episode, vote)
+                episode.stop_reason = StopReason.ERROR if run.error else StopReason.CANCELLED
+            final = final_answer(episode, mode)
+            episode.final_answer = final.answer
+            result.finals[session.id] = final
+            self.metrics.record_episode(mode, episode, final.vote)
             await self._quietly(self.store.put(session), f"store session {session.id}")
-        for session_id in job.leased:
-            await self._quietly(self.store.release(session_id, job.lease), "release a lease")
-        job.leased.clear()
+        for session_id in run.leased:
+            await self._quietly(self.store.release(session_id, run.lease), "release a lease")
+        run.leased.clear()
 
     @staticmethod
     async def _quietly(call: Any, what: str) -> None:
@@ -406,10 +340,10 @@ class SolveService:
         """Refuse new solves; let cancelled runs store their sessions; store any left."""
         self._closing = True
         deadline = time.monotonic() + wait_s
-        while (self._jobs or self._cleanups) and time.monotonic() < deadline:
+        while (self._runs or self._cleanups) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for job in list(self._jobs.values()):
-            await self._finish(job)
+        for run in list(self._runs.values()):
+            await self._finish(run)
 
     async def check_ready(self) -> None:
         """Raise EngineUnavailable / StoreUnavailable unless both answer."""

@@ -1,7 +1,8 @@
 """Session storage: every solve is a session, stored as JSON after every turn.
 
 A :class:`Session` is a RISE :class:`~rise.episode.Episode` (with its exact token ids, so a
-later request can continue it at the token level) plus who owns it and the options it ran with.
+later request can continue it at the token level) plus who owns it and the
+:class:`~rise.plan.RequestPlan` its last run followed (a continuation starts from it).
 It is stored as JSON — never pickle — through the small :class:`SessionStore` protocol:
 
 - :class:`RedisStore` (production, ``RISE_REDIS_URL``): one ``SET key json EX ttl`` per write,
@@ -23,10 +24,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from app.errors import StoreUnavailable
 from rise.episode import Episode
+from rise.plan import RequestPlan
 
 T = TypeVar("T")
 _PREFIX = "rise:session:"
@@ -40,11 +42,11 @@ def owner_of(api_key: str | None) -> str | None:
 
 @dataclass
 class Session:
-    """One stored episode, its owner and the options its turns ran with."""
+    """One stored episode, its owner and the plan its turns ran with."""
 
     episode: Episode
     owner: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # mode, sampling... (continue defaults)
+    plan: RequestPlan = field(default_factory=RequestPlan)  # what a continuation starts from
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -57,7 +59,7 @@ class Session:
             {
                 "version": 1,
                 "owner": self.owner,
-                "options": self.options,
+                "options": self.plan.options(),
                 "created_at": self.created_at,
                 "updated_at": self.updated_at,
                 "episode": self.episode.to_dict(),
@@ -71,7 +73,7 @@ class Session:
         return cls(
             episode=Episode.from_dict(data["episode"]),
             owner=data.get("owner"),
-            options=dict(data.get("options") or {}),
+            plan=RequestPlan.from_options(data.get("options") or {}),
             created_at=float(data.get("created_at", 0.0)),
             updated_at=float(data.get("updated_at", 0.0)),
         )

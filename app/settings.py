@@ -6,6 +6,7 @@ the Docker and Kubernetes files are checked against it by the deployment tests.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -13,6 +14,7 @@ from pydantic_settings import NoDecode
 
 from rise.answers import GRADER_NAMES
 from rise.engine.config import EngineSettings
+from rise.plan import DEFAULT_MAX_TURNS, PlanLimits
 
 DEFAULT_PORT = 8000
 
@@ -34,7 +36,11 @@ class Settings(EngineSettings):
         description="Accepted Bearer keys, comma separated; empty = no authentication.",
     )
     max_turns: int = Field(10, ge=1, le=50, description="Upper bound on turns per request.")
-    default_max_turns: int = Field(5, ge=1)
+    default_max_turns: int = Field(
+        DEFAULT_MAX_TURNS,
+        ge=1,
+        description="Turns of a new /solve, and N of rise-N/ in /v1/models.",
+    )
     max_tokens: int = Field(1024, ge=1, description="Upper bound on tokens per turn.")
     max_concurrent_solves: int = Field(32, ge=1, description="Solves running at once.")
     max_queued_solves: int = Field(64, ge=0, description="Solves waiting beyond those; then 429.")
@@ -56,12 +62,26 @@ class Settings(EngineSettings):
     redis_timeout_s: float = Field(
         2.0, gt=0, description="Socket timeout of each Redis call; an outage answers 503 after it."
     )
+    prompts: Path | None = Field(
+        None,
+        description="Prompt file (JSON or YAML: first_turn, introspection, system, "
+        "demonstrations). Default: the model folder's rise_prompts.json, else the paper's.",
+    )
+    prompts_override: bool = Field(
+        False,
+        description="Serve with RISE_PROMPTS even where the model folder's rise_prompts.json "
+        "(the prompts it was trained with) differs; without it that is a start-up error.",
+    )
     session_lease_s: int = Field(
         300,
         ge=10,
         description="A running solve holds its session this long (renewed per turn) "
         "so that no other replica continues it at the same time.",
     )
+
+    def plan_limits(self) -> PlanLimits:
+        """The bounds every request plan is checked against."""
+        return PlanLimits(max_turns=self.max_turns, max_tokens=self.max_tokens, n=self.max_choices)
 
     @field_validator("api_keys", mode="before")
     @classmethod

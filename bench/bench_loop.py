@@ -22,16 +22,19 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny model lives in tests/
+
 from rise.engine import EngineSettings, SamplingConfig
-from rise.engine.tiny import build_tiny_model
 from rise.engine.vllm_engine import VLLMEngine
 from rise.episode import Episode
 from rise.loop import LoopConfig, TurnLoop, new_episode
 from rise.prompts import ChatRenderer
+from tests.tiny_models import build_tiny_model
 
 
 async def run_loop(

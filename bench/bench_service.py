@@ -452,8 +452,10 @@ def main() -> None:
     model = args.model
     if model is None:  # built in a child process: torch's threads stay out of this one
         model = str(Path(tempfile.mkdtemp(prefix="rise-bench-")) / "tiny")
-        code = "import sys; from rise.engine.tiny import build_tiny_model as b; b(sys.argv[1])"
-        subprocess.run([sys.executable, "-c", code, model], check=True, capture_output=True)
+        code = "import sys; from tests.tiny_models import build_tiny_model as b; b(sys.argv[1])"
+        subprocess.run(
+            [sys.executable, "-c", code, model], check=True, capture_output=True, cwd=REPO
+        )  # cwd: `python -c` puts it on sys.path, so the tests/ helper imports
     settings = EngineSettings(
         model=model,
         data_dir=args.data_dir,

@@ -1,4 +1,4 @@
-"""Final-answer extraction, mathematical equivalence and the graders built on them (RISE.md §7).
+"""Final-answer extraction, mathematical equivalence and graders built on them (docs/RISE.md §7).
 
 The public RISE code graded with `int()` on the last `\\boxed{}` (GSM8K) and a regex that broke
 on nested braces (MATH), so `\\frac{\\sqrt{3}}{2}` and `\\frac{\\sqrt{3}}{4}` compared equal. Here

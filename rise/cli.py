@@ -17,16 +17,32 @@ from typing import Annotated
 import typer
 
 from rise.answers import GRADER_NAMES
-from rise.engine.base import PromptTooLongError, SamplingConfig
+from rise.engine.base import PromptTooLongError
 from rise.engine.config import EngineSettings
-from rise.loop import EpisodeEvent, LoopConfig, TokenEvent, TurnEvent, TurnLoop, new_episode
+from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, new_episode
+from rise.plan import CLI_PLAN, PlanError, RequestPlan, mode_rules
+from rise.prompt_file import ActivePrompts, local_model_dir, resolve_prompts
 from rise.prompts import ChatRenderer
+from rise.voting import ANSWER_MODES
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="RISE: language models that correct their own answers over sequential turns.",
 )
+
+# Each option's default is the CLI plan's (rise/plan.py), so no default is written twice.
+_FLAGS = {
+    "max_turns": "--turns",
+    "mode": "--mode",
+    "converge_k": "--converge",
+    "context_window": "--context-window",
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "max_tokens": "--max-tokens",
+    "stop_on_correct": "--mode",
+    "reference": "--reference",
+}
 
 
 @app.callback()
@@ -41,51 +57,77 @@ def _rule(title: str) -> str:
 @app.command()
 def solve(
     question: Annotated[str, typer.Argument(help="The problem to solve.")],
-    max_turns: Annotated[int, typer.Option("--turns", "-n", min=1, max=50)] = 5,
-    mode: Annotated[str, typer.Option(help="Final answer: vote | last | oracle.")] = "vote",
+    max_turns: Annotated[
+        int, typer.Option("--turns", "-n", min=1, max=50, help="Turns to take.")
+    ] = CLI_PLAN.max_turns,
+    mode: Annotated[
+        str, typer.Option(help="Final answer: vote | last | oracle (stops at a correct turn).")
+    ] = CLI_PLAN.mode,
     reference: Annotated[str | None, typer.Option(help="Known answer (grades each turn).")] = None,
     grader: Annotated[str, typer.Option(help="gsm8k | math | exact.")] = "gsm8k",
     converge: Annotated[
         int | None, typer.Option(help="Stop once the last K answers agree.", min=2)
-    ] = None,
+    ] = CLI_PLAN.converge_k,
     context_window: Annotated[
         int | None, typer.Option(help="Keep only the last K attempts.", min=1)
-    ] = None,
-    temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
-    max_tokens: Annotated[int, typer.Option(help="Tokens per turn.", min=1)] = 384,
+    ] = CLI_PLAN.context_window,
+    temperature: Annotated[float, typer.Option(min=0.0)] = CLI_PLAN.temperature,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = CLI_PLAN.top_p,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per turn.", min=1)] = CLI_PLAN.max_tokens,
     seed: Annotated[int, typer.Option(help="Engine seed.")] = 0,
     model: Annotated[
         str | None, typer.Option(help="Model folder or Hugging Face id (default: bundled).")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Model cache folder.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt file (JSON/YAML); default: the model folder's, else the paper's."
+        ),
+    ] = None,
+    prompts_override: Annotated[
+        bool,
+        typer.Option(
+            "--prompts-override", help="Use --prompts even where the checkpoint's prompts differ."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the episode as JSON.")] = False,
 ) -> None:
     """Solve one problem over several turns and show every turn, its answer and the vote."""
-    if mode not in {"vote", "last", "oracle"}:
-        raise typer.BadParameter("must be vote, last or oracle", param_hint="--mode")
+    if mode not in ANSWER_MODES:
+        raise typer.BadParameter(f"must be one of {', '.join(ANSWER_MODES)}", param_hint="--mode")
     if grader not in GRADER_NAMES:
         raise typer.BadParameter(f"must be one of {', '.join(GRADER_NAMES)}", param_hint="--grader")
-    if mode == "oracle" and reference is None:
-        raise typer.BadParameter("oracle mode needs --reference", param_hint="--mode")
     if not question.strip():
         raise typer.BadParameter("must not be empty", param_hint="QUESTION")
+    try:
+        plan = CLI_PLAN.updated(
+            max_turns=max_turns,
+            converge_k=converge,
+            context_window=context_window,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            **mode_rules(mode),  # type: ignore[arg-type]
+        )
+        if plan.needs_reference and reference is None:
+            raise PlanError(f"mode {mode!r} needs --reference", "reference")
+    except PlanError as error:
+        raise typer.BadParameter(str(error), param_hint=_FLAGS.get(error.field)) from error
     overrides: dict[str, object] = {"seed": seed}
     if model:
         overrides["model"] = model
     if data_dir:
         overrides["data_dir"] = data_dir
     settings = EngineSettings(**overrides)  # type: ignore[arg-type]
-    config = LoopConfig(
-        max_turns=max_turns,
-        oracle=mode == "oracle",
-        converge_k=converge,
-        context_window=context_window,
-        answer_mode="last" if mode == "last" else "vote",
-        sampling=SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=max_tokens),
-    )
     try:
-        asyncio.run(_solve(settings, question, reference, grader, config, as_json))
+        active = resolve_prompts(
+            prompts, local_model_dir(settings.model, settings.data_dir), override=prompts_override
+        )
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="--prompts") from error
+    try:
+        asyncio.run(_solve(settings, active, question, reference, grader, plan, as_json))
     except PromptTooLongError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -93,10 +135,11 @@ def solve(
 
 async def _solve(
     settings: EngineSettings,
+    active: ActivePrompts,
     question: str,
     reference: str | None,
     grader: str,
-    config: LoopConfig,
+    plan: RequestPlan,
     as_json: bool,
 ) -> None:
     from rise.engine import build_engine
@@ -108,12 +151,15 @@ async def _solve(
     started = time.perf_counter()
     engine = build_engine(settings)
     typer.echo(f"Engine ready in {time.perf_counter() - started:.0f} s.", err=True)
+    if active.source != "default":
+        typer.echo(active.describe(), err=True)
     try:
-        loop = TurnLoop(engine, ChatRenderer(engine.tokenizer))
-        episode = new_episode(question, reference=reference, grader=grader)
+        loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, active.prompts))
+        context = active.prompts.context()  # system prompt and demonstrations, as in training
+        episode = new_episode(question, reference=reference, grader=grader, context=context)
         out = sys.stderr if as_json else sys.stdout
         shown: set[int] = set()  # turns whose header is printed
-        async for event in loop.stream([episode], config):
+        async for event in loop.stream([episode], plan.loop_config()):
             if isinstance(event, TokenEvent):
                 if event.turn not in shown:
                     print(_rule(f"turn {event.turn + 1}"), file=out)
@@ -136,8 +182,10 @@ async def _solve(
                 print(
                     f"stop: {episode.stop_reason.value if episode.stop_reason else '-'}", file=out
                 )
-                final = episode.final_answer
-                print(f"final answer: {final if final is not None else '(no answer)'}", file=out)
+                final = event.final
+                shown_turn = "" if final.turn is None else f" (turn {final.turn + 1})"
+                answer = final.answer if final.answer is not None else "(no answer)"
+                print(f"final answer ({plan.mode}): {answer}{shown_turn}", file=out)
         if as_json:
             print(json.dumps(episode.to_dict(), indent=2))
     finally:

@@ -1,4 +1,4 @@
-"""Episode and Turn: the state of one RISE multi-turn MDP (RISE.md §1).
+"""Episode and Turn: the state of one RISE multi-turn MDP (docs/RISE.md §1).
 
 An episode keeps both views of the conversation: the messages a person reads, and the exact
 token ids the engine saw and produced at every turn. The ids are the source of truth for
@@ -16,7 +16,7 @@ from typing import Any
 
 
 class Outcome(StrEnum):
-    """How one turn's answer compares with the reference (RISE.md §1).
+    """How one turn's answer compares with the reference (docs/RISE.md §1).
 
     The public code folds "no parseable answer" into reward -1; it is kept as its own outcome.
     """

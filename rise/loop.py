@@ -1,4 +1,4 @@
-"""The RISE turn loop (RISE.md §1, §5): many episodes at once, up to N turns each.
+"""The RISE turn loop (docs/RISE.md §1, §5): many episodes at once, up to N turns each.
 
 Each episode runs as its own task: answer, grade, check the stopping rules, append the
 introspection prompt, answer again. Episodes never wait for each other, so the engine's
@@ -9,6 +9,10 @@ serves the rest.
 Progress comes out as events from :meth:`TurnLoop.stream` — token deltas, turn ends, episode
 ends — and closing the stream (or cancelling its consumer) cancels every running turn, which
 aborts its engine request.
+
+A run may start from an episode that already has turns (a continued session): ``max_turns`` and
+``token_budget`` count the turns and tokens of this run, as in :mod:`rise.plan`. The final
+answer is :func:`rise.voting.final_answer`'s.
 """
 
 from __future__ import annotations
@@ -17,27 +21,28 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
 from rise.episode import Episode, Outcome, StopReason, Turn, new_episode_id
+from rise.plan import DEFAULT_MAX_TURNS
 from rise.prompts import ChatRenderer
-from rise.voting import Vote, majority_vote
-
-AnswerMode = Literal["vote", "last"]
+from rise.voting import AnswerMode, FinalAnswer, Vote, final_answer
 
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """How many turns, when to stop early, what the model sees, how the answer is chosen."""
+    """How many turns, when to stop early, what the model sees, how the answer is chosen.
 
-    max_turns: int = 5
-    oracle: bool = False  # stop at the first correct turn (needs a reference)
+    Usually made by :meth:`rise.plan.RequestPlan.loop_config`.
+    """
+
+    max_turns: int = DEFAULT_MAX_TURNS  # turns this run takes (on top of any it starts with)
+    oracle: bool = False  # stop rule: stop at the first correct turn (needs a reference)
     converge_k: int | None = None  # stop once the last k answers agree (k >= 2)
-    token_budget: int | None = None  # generated tokens per episode, all turns together
+    token_budget: int | None = None  # generated tokens of this run, all turns together
     context_window: int | None = None  # keep the last k attempts; None keeps all turns
-    answer_mode: AnswerMode = "vote"
+    answer_mode: AnswerMode = "vote"  # answer rule (rise.voting.final_answer)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     stream_tokens: bool = True  # emit TokenEvent per engine delta
 
@@ -69,7 +74,11 @@ class TurnEvent:
 @dataclass(frozen=True)
 class EpisodeEvent:
     episode: Episode
-    vote: Vote
+    final: FinalAnswer  # the answer, the turn shown for it, the vote
+
+    @property
+    def vote(self) -> Vote:
+        return self.final.vote
 
 
 LoopEvent = TokenEvent | TurnEvent | EpisodeEvent
@@ -94,8 +103,12 @@ def new_episode(
     return episode
 
 
-def stop_reason(episode: Episode, config: LoopConfig) -> StopReason | None:
-    """The rule that ends ``episode`` before its next turn, or None to go on."""
+def stop_reason(episode: Episode, config: LoopConfig, start: int = 0) -> StopReason | None:
+    """The rule that ends ``episode`` before its next turn, or None to go on.
+
+    ``start``: the turns the episode had when this run began (max_turns and the token budget
+    count from there).
+    """
     turns = episode.turns
     if turns and config.oracle and turns[-1].outcome is Outcome.CORRECT:
         return StopReason.ORACLE
@@ -107,20 +120,15 @@ def stop_reason(episode: Episode, config: LoopConfig) -> StopReason | None:
             a is not None and grader.equivalent(first, a) for a in recent[1:]
         ):
             return StopReason.CONVERGED
-    if config.token_budget is not None and episode.output_tokens >= config.token_budget:
+    if config.token_budget is not None and _run_tokens(episode, start) >= config.token_budget:
         return StopReason.TOKEN_BUDGET
-    if len(turns) >= config.max_turns:
+    if len(turns) - start >= config.max_turns:
         return StopReason.MAX_TURNS
     return None
 
 
-def choose_answer(episode: Episode, mode: AnswerMode) -> tuple[str | None, Vote]:
-    """The final answer: the vote's winner or the last turn's answer; the vote either way."""
-    grader = get_grader(episode.grader)
-    vote = majority_vote(episode.answers, grader.equivalent)
-    if mode == "last" or (episode.stop_reason is StopReason.ORACLE):
-        return (episode.turns[-1].answer if episode.turns else None), vote
-    return vote.winner, vote
+def _run_tokens(episode: Episode, start: int) -> int:
+    return sum(turn.output_tokens for turn in episode.turns[start:])
 
 
 class TurnLoop:
@@ -197,11 +205,12 @@ class TurnLoop:
         parallel episodes of one request (their ``position`` differs) and successive turns
         draw different samples, and a rerun draws the same ones.
         """
+        start = len(episode.turns)
         try:
-            while (reason := stop_reason(episode, config)) is None:
+            while (reason := stop_reason(episode, config, start)) is None:
                 sampling = config.sampling.derived(position, len(episode.turns))
                 if config.token_budget is not None:
-                    left = config.token_budget - episode.output_tokens
+                    left = config.token_budget - _run_tokens(episode, start)
                     sampling = replace(sampling, max_tokens=min(sampling.max_tokens, left))
                 try:
                     turn = await self.take_turn(
@@ -221,8 +230,9 @@ class TurnLoop:
             episode.stop_reason = StopReason.CANCELLED
             raise
         episode.stop_reason = reason
-        episode.final_answer, vote = choose_answer(episode, config.answer_mode)
-        emit(EpisodeEvent(episode, vote))
+        final = final_answer(episode, config.answer_mode)
+        episode.final_answer = final.answer
+        emit(EpisodeEvent(episode, final))
         return episode
 
     async def stream(

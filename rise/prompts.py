@@ -1,4 +1,4 @@
-"""RISE prompts and the one chat-template renderer (RISE.md §1).
+"""RISE prompts and the one chat-template renderer (docs/RISE.md §1).
 
 Every part of the project — serving, data collection, training, evaluation — turns
 conversations into token ids here, through the model's own chat template. The public RISE code
@@ -41,7 +41,7 @@ def fill(template: str, question: str) -> str:
 
 @dataclass(frozen=True)
 class PromptConfig:
-    """The configurable prompts of RISE; the defaults are the paper's (RISE.md §1)."""
+    """The configurable prompts of RISE; the defaults are the paper's (docs/RISE.md §1)."""
 
     first_turn: str = FIRST_TURN_TEMPLATE
     introspection: str = INTROSPECTION_TEMPLATE

@@ -1,21 +1,38 @@
-"""Majority vote over the final answers of a RISE episode's turns (RISE.md §5, metric m1@t5).
+"""The final-answer rule of an episode, and the majority vote behind it (docs/RISE.md §5).
 
-Without an oracle the episode's answer is the one most turns agree on. Answers are grouped by
-mathematical equivalence, not by spelling (`0.5` and `\\frac{1}{2}` are one vote block), turns
-without an answer abstain, and a tie goes to the group holding the latest turn among the tied
-ones, because later turns have seen more introspection. The same function serves the evaluator
-(m1@t5, m5@t1 over parallel samples) and the service's no-oracle final answer.
+:func:`final_answer` is the one place that decides which answer an episode gives and which
+turn's text stands for it; the loop, the service, both APIs and the CLI call it. The rule is an
+:data:`AnswerMode`:
+
+- ``vote``: the answer most turns agree on (metric m1@t5); its text is the latest turn in the
+  winning group (the last turn when no turn had an answer);
+- ``last``: the last turn's answer and text;
+- ``oracle``: the latest turn graded correct against the reference (p1@t5: some turn was
+  right), or the vote when none was.
+
+The answer rule never looks at why the episode stopped: stopping at the first correct turn is a
+separate *stop rule* (:attr:`rise.loop.LoopConfig.oracle`); with it, the latest correct turn is
+the last one.
+
+Answers are grouped by mathematical equivalence, not by spelling (`0.5` and `\\frac{1}{2}` are
+one vote block), turns without an answer abstain, and a tie goes to the group holding the
+latest turn among the tied ones, because later turns have seen more introspection. The same
+vote serves the evaluator (m1@t5, m5@t1 over parallel samples).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
-from rise.answers import is_equivalent
+from rise.answers import get_grader, is_equivalent
+from rise.episode import Episode, Outcome
 
-__all__ = ["Vote", "majority_vote"]
+__all__ = ["ANSWER_MODES", "AnswerMode", "FinalAnswer", "Vote", "final_answer", "majority_vote"]
+
+AnswerMode = Literal["vote", "last", "oracle"]
+ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
 
 
 @dataclass(frozen=True)
@@ -92,3 +109,29 @@ def majority_vote(
         margin=best.votes - runner_up,
         total=total,
     )
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    """What an episode answers under one rule: the answer, the turn shown, the vote."""
+
+    answer: str | None  # None when the chosen turn (or every turn) had no parseable answer
+    turn: int | None  # index of the turn whose text is the response; None without turns
+    vote: Vote  # the vote over every turn, reported whatever the rule
+
+
+def final_answer(episode: Episode, mode: AnswerMode) -> FinalAnswer:
+    """The episode's final answer under ``mode`` (see the module docstring)."""
+    if mode not in ANSWER_MODES:
+        raise ValueError(f"unknown answer mode {mode!r}; expected one of {', '.join(ANSWER_MODES)}")
+    turns = episode.turns
+    vote = majority_vote(episode.answers, get_grader(episode.grader).equivalent)
+    last = len(turns) - 1 if turns else None
+    if mode == "oracle":
+        correct = [i for i, t in enumerate(turns) if t.outcome is Outcome.CORRECT]
+        if correct:
+            return FinalAnswer(turns[correct[-1]].answer, correct[-1], vote)
+    if mode == "last":
+        return FinalAnswer(turns[-1].answer if turns else None, last, vote)
+    turn = vote.winner_turn if vote.winner_turn is not None else last
+    return FinalAnswer(vote.winner, turn, vote)

@@ -1,4 +1,4 @@
-"""Trajectories → weighted training examples and preference pairs (RISE.md §3–§4).
+"""Trajectories → weighted training examples and preference pairs (docs/RISE.md §3–§4).
 
 A trajectory (:class:`~rise_train.records.Trajectory`, written by ``collect``) holds, per turn,
 the exact prompt ids of the state s_t, every scored candidate and the index of the one kept as

@@ -1,4 +1,4 @@
-"""On-policy RISE data collection (RISE.md §2): multi-turn rollouts with an improvement operator.
+"""On-policy RISE data collection (docs/RISE.md §2): rollouts with an improvement operator.
 
 For every problem the current model is rolled out for up to ``max_turns`` turns through the
 shared turn loop (:mod:`rise.loop`), so states are built with the same chat template and the same
@@ -77,7 +77,7 @@ def per_turn(schedule: Sequence[Any], turn: int) -> Any:
 
 @dataclass
 class CollectConfig:
-    """How rollouts are sampled and which candidates count (RISE.md §2).
+    """How rollouts are sampled and which candidates count (docs/RISE.md §2).
 
     ``samples`` and ``temperatures`` are per-turn schedules whose last entry repeats: the
     default ``(1, 16)`` is the public RISE code's ``--num_of_samples 1 16`` — one on-policy
@@ -240,7 +240,7 @@ class Collector:
         """The teacher's answers to the same state, as turns with ids from our renderer."""
         assert self.config.teacher is not None and self.teacher is not None
         # Text in, ids out: the teacher's own tokenizer is irrelevant, the learner trains on the
-        # text as rendered by the learner's template (the one renderer, RISE.md §1).
+        # text as rendered by the learner's template (the one renderer, docs/RISE.md §1).
         index = len(episode.turns)
         user_message = self.loop.user_message(episode, index)
         prompt_ids = self.renderer.next_prompt_ids(

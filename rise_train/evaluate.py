@@ -39,7 +39,7 @@ from rise_train.stats import BOOTSTRAP_CI, WILSON_CI
 
 @dataclass
 class EvalConfig:
-    """How the evaluation samples (RISE.md §5–§6)."""
+    """How the evaluation samples (docs/RISE.md §5–§6)."""
 
     max_turns: int = 5
     n_parallel: int = 5  # first-turn samples for the mP@t1 baseline (1 = leave it out)

@@ -1,4 +1,4 @@
-"""RISE iterations (RISE.md §4): collect → build → train → evaluate, K times, in one run directory.
+"""RISE iterations (docs/RISE.md §4): collect → build → train → evaluate, K times, one run folder.
 
 Iteration k collects with policy k (the base model for k = 0), builds weighted examples, and
 fine-tunes policy k into model k, which is policy k+1. Every model is evaluated on the held-out
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rise.engine import DEFAULT_MODEL, EngineSettings
+from rise.prompt_file import write_prompts
 from rise.prompts import PromptConfig
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig
@@ -321,6 +322,9 @@ def _train(
             **overrides,
         )
         result = fit(train_config)
+        # The checkpoint carries the prompts it was trained with, so serving it uses the same
+        # ones unless an operator deliberately overrides them (train/serve parity).
+        write_prompts(config.prompts, out)
         # Mid-training checkpoints (weights + optimiser state, ~3x the model) exist to resume a
         # crashed run; the stage is complete now, so they are only dead weight in the run dir.
         for checkpoint in out.glob("checkpoint-*"):

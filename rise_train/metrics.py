@@ -1,4 +1,4 @@
-"""What the evaluation measures, as pure functions of finished episodes (RISE.md §6).
+"""What the evaluation measures, as pure functions of finished episodes (docs/RISE.md §6).
 
 Kept apart from the runner so every number is unit-tested on hand-made episodes with exact
 counts, and so reports can be recomputed from ``episodes.jsonl`` without an engine. N is
@@ -362,7 +362,7 @@ def paired_comparison(base: dict[str, Any], tuned: dict[str, Any]) -> dict[str, 
 
 @dataclass
 class AblationCase:
-    """A wrong first turn and turn 2 sampled in three contexts (SELF_CORRECTION.md §4.3).
+    """A wrong first turn and turn 2 sampled in three contexts (docs/RISE.md §6, the ablation).
 
     - own: ``episode`` is the sequential episode; ``turns[0]`` is its wrong attempt and
       ``turns[1]`` the turn 2 it actually took.

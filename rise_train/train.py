@@ -1,8 +1,12 @@
-"""Reward-weighted SFT of a causal LM on RISE examples (RISE.md §4), on the Hugging Face stack.
+"""Reward-weighted SFT of a causal LM on RISE examples (docs/RISE.md §4), on the Hugging Face stack.
 
 Per example: the mean token NLL over its target turn, times the example's weight; the batch
-loss is the mean of those weighted per-example losses (:func:`weighted_nll`). The trainer is a
-``transformers.Trainer`` that changes only ``compute_loss``; everything else — optimiser, cosine
+loss is the mean of those weighted per-example losses (:func:`weighted_nll`). Preference pairs
+in the same file (copy-as-negative pairs, docs/RISE.md §4 and §10) join the same batches and the
+same loss: weight × (DPO + NLL on the chosen response), :func:`rise_train.losses.rise_loss`,
+against reference log-probs that :func:`fit` computes once with the initial model before any
+update. The trainer is a ``transformers.Trainer`` that changes only ``compute_loss`` (and adds
+the pair statistics to its logs); everything else — optimiser, cosine
 schedule, gradient accumulation, checkpoints and resume, mixed precision, DDP, DeepSpeed ZeRO-3
 and FSDP through ``accelerate launch --config_file rise_train/configs/...`` — is the stock one.
 
@@ -21,52 +25,62 @@ save (``merge_lora``), so ``output_dir`` is always a plain Hugging Face model fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
-from rise_train.build import IGNORE_INDEX, read_examples, truncate_left
+from rise_train.build import truncate_left
+from rise_train.losses import rise_loss, sequence_logps, weighted_nll
+from rise_train.records import IGNORE_INDEX, PreferencePair, TrainingRow, read_rows, row_from_dict
+
+__all__ = [
+    "ExampleDataset",
+    "TrainConfig",
+    "TrainResult",
+    "WeightedCollator",
+    "WeightedSFTTrainer",
+    "fit",
+    "precompute_reference_logps",
+    "train",
+    "weighted_nll",
+]
 
 logger = logging.getLogger(__name__)
 
 
-# -- the loss --------------------------------------------------------------------------------------
+# -- the trainer -----------------------------------------------------------------------------------
 
-
-def weighted_nll(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``weight × mean target-token NLL`` of each example.
-
-    logits [B, L, V], labels [B, L] (``-100`` = not a target), weights [B] → scalar.
-    Position i predicts token i+1, as in every causal LM. A fully masked example has a loss of
-    exactly 0 (its token count is clamped to 1, so no 0/0) and gives no gradient; it still
-    counts in the batch mean's denominator.
-    """
-    logits = logits[:, :-1, :].float()  # [B, L-1, V]; fp32 so bf16 logits do not lose the NLL
-    targets = labels[:, 1:]  # [B, L-1]
-    mask = targets != IGNORE_INDEX
-    token_nll = F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(targets)  # 0 at ignored positions
-    per_example = (token_nll * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # [B]
-    return (per_example * weights.to(per_example.dtype)).mean()
+PAIR_KEYS = (
+    "sft_index",
+    "chosen_index",
+    "rejected_index",
+    "ref_chosen_logps",
+    "ref_rejected_logps",
+)
+STAT_KEYS = ("sft_nll", "dpo", "pref_accuracy", "margin")
 
 
 class WeightedSFTTrainer(Trainer):
-    """``Trainer`` whose loss is :func:`weighted_nll` on the batch's ``weights``."""
+    """``Trainer`` whose loss is :func:`~rise_train.losses.rise_loss` of the batch.
+
+    An SFT-only batch gives :func:`~rise_train.losses.weighted_nll`; a batch with preference
+    pairs adds their DPO + NLL-on-chosen terms, with ``pref_beta``, ``pref_coef`` and
+    ``pref_nll_coef`` from the config. When the training data holds pairs, every logged loss
+    comes with the stats of the same steps: ``sft_nll``, ``dpo``, ``pref_accuracy``, ``margin``.
+    """
 
     # compute_loss returns a per-batch mean, so the Trainer must still divide by the number of
     # gradient-accumulation steps (left to None it would guess from the model's loss kwargs).
     loss_is_scaled_for_ga = False
+    _stat_sums: torch.Tensor | None = None  # [6] on the device, summed since the last log
 
     def compute_loss(
         self,
@@ -77,26 +91,77 @@ class WeightedSFTTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         labels, weights = inputs.pop("labels"), inputs.pop("weights")
+        pairs: dict[str, Any] = {key: inputs.pop(key) for key in PAIR_KEYS if key in inputs}
         outputs = model(**inputs)
-        loss = weighted_nll(outputs.logits, labels, weights)
+        if pairs:  # the collator adds the pair keys only to a batch that has pairs
+            args = cast("TrainConfig", self.args)
+            pairs.update(beta=args.pref_beta, pref_coef=args.pref_coef, nll_coef=args.pref_nll_coef)
+        loss, stats = rise_loss(outputs.logits, labels, weights, **pairs)
+        if model.training:
+            self._add_stats(stats)
         return (loss, outputs) if return_outputs else loss
+
+    def _add_stats(self, stats: dict[str, torch.Tensor]) -> None:
+        # Sums since the last log, kept on the device (no sync per step): counts and
+        # count-weighted means, so the logged value is a mean over every row of the window.
+        n_sft, n_pairs = stats["n_sft"].float(), stats["n_pairs"].float()
+        row = torch.stack(
+            [
+                n_sft,
+                stats["sft_nll"] * n_sft,
+                n_pairs,
+                stats["dpo"] * n_pairs,
+                stats["pref_accuracy"] * n_pairs,
+                stats["margin"] * n_pairs,
+            ]
+        )
+        self._stat_sums = row if self._stat_sums is None else self._stat_sums + row
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        sums = self._stat_sums
+        if "loss" in logs and sums is not None:  # a training log: the window's stats, then reset
+            self._stat_sums = None
+            if getattr(self.train_dataset, "n_pairs", 0):  # SFT-only runs log as before
+                if self.args.world_size > 1:  # every rank logs here (the loss was gathered too)
+                    sums = self.accelerator.reduce(sums, reduction="sum")
+                n_sft, sft_nll, n_pairs, dpo, accuracy, margin = sums.tolist()
+                logs = dict(logs)
+                if n_sft:
+                    logs["sft_nll"] = sft_nll / n_sft
+                if n_pairs:
+                    logs.update(dpo=dpo / n_pairs, pref_accuracy=accuracy / n_pairs)
+                    logs["margin"] = margin / n_pairs
+        super().log(logs, start_time)
 
 
 # -- data ------------------------------------------------------------------------------------------
 
 
 class ExampleDataset(Dataset):
-    """Built examples (``input_ids``, ``labels``, ``weight``) held in memory."""
+    """Training rows in memory: examples and preference pairs, fitted to ``max_length``.
 
-    def __init__(self, examples: list[dict[str, Any]], max_length: int | None = None) -> None:
+    Takes the records of ``records.read_rows`` (or their JSON dicts). Each item is a dict for
+    :class:`WeightedCollator`: an example is ``{kind: "sft", input_ids, labels, weight}``; a
+    pair is ``{kind: "pair", input_ids, labels, rejected_input_ids, rejected_labels, weight,
+    ref_chosen_logp, ref_rejected_logp}`` — its ``input_ids``/``labels`` are the chosen
+    sequence (prompt + chosen, the prompt masked), so length grouping sees a pair by its chosen
+    row. The reference log-probs are None until :func:`precompute_reference_logps` fills them.
+    """
+
+    def __init__(
+        self, rows: Iterable[TrainingRow | dict[str, Any]], max_length: int | None = None
+    ) -> None:
         self.rows: list[dict[str, Any]] = []
         self.dropped = 0
-        for ex in examples:
-            row = _fit(ex, max_length)
-            if row is None:
+        self.n_pairs = 0
+        for row in rows:
+            record = row_from_dict(row) if isinstance(row, dict) else row
+            item = _fit(record, max_length)
+            if item is None:
                 self.dropped += 1
-            else:
-                self.rows.append(row)
+                continue
+            self.rows.append(item)
+            self.n_pairs += item["kind"] == "pair"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -105,49 +170,186 @@ class ExampleDataset(Dataset):
         return self.rows[i]
 
 
-def _fit(example: dict[str, Any], max_length: int | None) -> dict[str, Any] | None:
-    """The example re-fitted to ``max_length`` with build's rule; None when nothing is trainable."""
-    labels = example["labels"]
-    n_context = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
-    ids = example["input_ids"]
+def _fit(row: TrainingRow, max_length: int | None) -> dict[str, Any] | None:
+    """The row re-fitted to ``max_length`` with build's rule; None when nothing is trainable."""
+    if isinstance(row, PreferencePair):
+        return _fit_pair(row, max_length)
+    n_context = row.n_context
+    ids = row.input_ids
     fitted = truncate_left(ids[:n_context], ids[n_context:], max_length)
-    if fitted is None or n_context == len(labels):
+    if fitted is None or n_context == len(row.labels):
         return None
     prompt, target = fitted
     return {
+        "kind": "sft",
         "input_ids": [*prompt, *target],
-        "labels": [IGNORE_INDEX] * len(prompt) + labels[n_context:],
-        "weight": float(example.get("weight", 1.0)),
+        "labels": [IGNORE_INDEX] * len(prompt) + row.labels[n_context:],
+        "weight": float(row.weight),
+    }
+
+
+def _fit_pair(pair: PreferencePair, max_length: int | None) -> dict[str, Any] | None:
+    """Cut the prompt's left end so prompt + the longer response fits; None if it cannot."""
+    if not pair.prompt_ids or not pair.chosen_ids or not pair.rejected_ids:
+        return None
+    longest = max(len(pair.chosen_ids), len(pair.rejected_ids))
+    fitted = truncate_left(pair.prompt_ids, [0] * longest, max_length)
+    if fitted is None:
+        return None
+    prompt = fitted[0]
+    masked = [IGNORE_INDEX] * len(prompt)
+    return {
+        "kind": "pair",
+        "input_ids": [*prompt, *pair.chosen_ids],
+        "labels": [*masked, *pair.chosen_ids],
+        "rejected_input_ids": [*prompt, *pair.rejected_ids],
+        "rejected_labels": [*masked, *pair.rejected_ids],
+        "weight": float(pair.weight),
+        "ref_chosen_logp": None,
+        "ref_rejected_logp": None,
     }
 
 
 @dataclass
 class WeightedCollator:
-    """Right-pads a batch to its longest row (not to max length) and stacks the weights."""
+    """Right-pads a batch of examples and pairs into one tensor batch (to its longest row).
+
+    An example is one row; a pair is two, chosen then rejected. Always: ``input_ids``,
+    ``attention_mask``, ``labels`` [R, L] and ``weights`` [R] (a pair's weight on both of its
+    rows). Only when the batch has pairs: ``sft_index`` [S], ``chosen_index`` and
+    ``rejected_index`` [P] (row numbers) and ``ref_chosen_logps`` / ``ref_rejected_logps`` [P].
+    """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        longest = max(len(f["input_ids"]) for f in features)
+        sequences: list[tuple[list[int], list[int], float]] = []  # (ids, labels, weight)
+        sft, chosen, rejected, ref_chosen, ref_rejected = [], [], [], [], []
+        for f in features:
+            kind = f.get("kind", "sft")
+            if kind == "sft":
+                sft.append(len(sequences))
+                sequences.append((f["input_ids"], f["labels"], float(f["weight"])))
+            elif kind == "pair" and "rejected_input_ids" in f:
+                if f.get("ref_chosen_logp") is None or f.get("ref_rejected_logp") is None:
+                    raise ValueError(
+                        "a preference pair has no reference log-probs; "
+                        "run precompute_reference_logps on the dataset first"
+                    )
+                chosen.append(len(sequences))
+                sequences.append((f["input_ids"], f["labels"], float(f["weight"])))
+                rejected.append(len(sequences))
+                sequences.append(
+                    (f["rejected_input_ids"], f["rejected_labels"], float(f["weight"]))
+                )
+                ref_chosen.append(float(f["ref_chosen_logp"]))
+                ref_rejected.append(float(f["ref_rejected_logp"]))
+            else:
+                raise ValueError(f"not a training row of ExampleDataset (kind {kind!r})")
+        batch = self._pad(sequences)
+        if chosen:
+            batch.update(
+                sft_index=torch.tensor(sft, dtype=torch.long),
+                chosen_index=torch.tensor(chosen, dtype=torch.long),
+                rejected_index=torch.tensor(rejected, dtype=torch.long),
+                ref_chosen_logps=torch.tensor(ref_chosen, dtype=torch.float32),
+                ref_rejected_logps=torch.tensor(ref_rejected, dtype=torch.float32),
+            )
+        return batch
+
+    def _pad(self, sequences: list[tuple[list[int], list[int], float]]) -> dict[str, torch.Tensor]:
+        longest = max(len(ids) for ids, _, _ in sequences)
         if self.pad_to_multiple_of:
             m = self.pad_to_multiple_of
             longest = (longest + m - 1) // m * m
-        input_ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), longest), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(features), longest), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            input_ids[i, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
-            labels[i, :n] = torch.tensor(f["labels"], dtype=torch.long)
+        input_ids = torch.full((len(sequences), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(sequences), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+        for i, (ids, row_labels, _) in enumerate(sequences):
+            n = len(ids)
+            input_ids[i, :n] = torch.tensor(ids, dtype=torch.long)
+            labels[i, :n] = torch.tensor(row_labels, dtype=torch.long)
             attention_mask[i, :n] = 1
-        weights = torch.tensor([float(f.get("weight", 1.0)) for f in features])
+        weights = torch.tensor([weight for _, _, weight in sequences], dtype=torch.float32)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "weights": weights,
         }
+
+
+@torch.no_grad()
+def precompute_reference_logps(
+    model: torch.nn.Module,
+    dataset: ExampleDataset,
+    collator: WeightedCollator,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> int:
+    """Store the model's summed log-probs of every pair's chosen and rejected response.
+
+    Called once before training, with the initial policy as the reference (under LoRA the
+    freshly wrapped model equals the base: its B matrices start at zero). Eval mode (no
+    dropout), no grad, sequences batched by length. Returns the number of pairs scored.
+    """
+    pairs = [row for row in dataset.rows if row["kind"] == "pair"]
+    if not pairs:
+        return 0
+    # (pair, key, ids, labels) per response; longest first, so padding stays small.
+    jobs = [
+        (row, key, row[ids], row[labels])
+        for row in pairs
+        for key, ids, labels in (
+            ("ref_chosen_logp", "input_ids", "labels"),
+            ("ref_rejected_logp", "rejected_input_ids", "rejected_labels"),
+        )
+    ]
+    jobs.sort(key=lambda job: -len(job[2]))
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with _gathered_if_zero3(model):
+            for start in range(0, len(jobs), batch_size):
+                chunk = jobs[start : start + batch_size]
+                batch = collator(
+                    [{"input_ids": ids, "labels": lab, "weight": 1.0} for _, _, ids, lab in chunk]
+                )
+                amp = (
+                    torch.autocast(device.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
+                with amp:
+                    logits = model(
+                        input_ids=batch["input_ids"].to(device),
+                        attention_mask=batch["attention_mask"].to(device),
+                    ).logits
+                logp, _ = sequence_logps(logits, batch["labels"].to(device))
+                for (row, key, _, _), value in zip(chunk, logp.tolist(), strict=True):
+                    row[key] = value
+    finally:
+        model.train(was_training)
+    return len(pairs)
+
+
+def _is_zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return bool(is_deepspeed_zero3_enabled())
+
+
+def _gathered_if_zero3(model: torch.nn.Module) -> Any:
+    """Under DeepSpeed ZeRO-3 the loaded weights are partitioned: gather them for the forward."""
+    if not _is_zero3():
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -157,7 +359,7 @@ class WeightedCollator:
 class TrainConfig(TrainingArguments):
     """``TrainingArguments`` with RISE's defaults and fields; each field is a CLI flag."""
 
-    # Parent defaults changed to the public RISE code's (RISE.md §4). Effective batch 64 =
+    # Parent defaults changed to the public RISE code's (docs/RISE.md §4). Effective batch 64 =
     # per-device 4 × accumulation 4 × 4 GPUs; raise the accumulation on fewer GPUs.
     output_dir: str | None = field(
         default="runs/rise-model", metadata={"help": "Checkpoints and the final model go here."}
@@ -214,6 +416,25 @@ class TrainConfig(TrainingArguments):
         default=True, metadata={"help": "Merge the adapter into the base weights before saving."}
     )
 
+    # Preference pairs (rows of kind "pair"): the copy-as-negative loss, rise_train/losses.py.
+    pref_beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "DPO beta on preference pairs: the scale of the implicit reward "
+            "beta * log(policy / reference); smaller lets the policy move further."
+        },
+    )
+    pref_coef: float = field(
+        default=1.0, metadata={"help": "Weight of the DPO term in a pair's loss."}
+    )
+    pref_nll_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the mean-token NLL of the chosen response in a pair's loss "
+            "(the RPO regulariser; 0 gives plain DPO)."
+        },
+    )
+
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
             raise ValueError("TrainConfig.model_name_or_path is required")
@@ -224,6 +445,10 @@ class TrainConfig(TrainingArguments):
         if precision not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"precision must be auto | bf16 | fp16 | fp32, got {self.precision!r}")
         self.bf16, self.fp16 = precision == "bf16", precision == "fp16"
+        if self.pref_beta <= 0:
+            raise ValueError(f"pref_beta must be > 0, got {self.pref_beta}")
+        if self.pref_coef < 0 or self.pref_nll_coef < 0:
+            raise ValueError("pref_coef and pref_nll_coef must be >= 0")
         if not cuda:
             self.use_cpu = True
         # "last" resumes from the newest checkpoint in output_dir, if there is one.
@@ -245,6 +470,7 @@ class TrainResult:
     losses: list[float]  # the logged training losses, in step order
     log_history: list[dict[str, Any]]
     dropped_examples: int = 0
+    pairs: int = 0  # preference pairs trained on (each with precomputed reference log-probs)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -256,9 +482,9 @@ def fit(config: TrainConfig) -> TrainResult:
 
     set_seed(config.seed)  # before the model exists, so LoRA's initialisation is seeded too
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-    dataset = ExampleDataset(read_examples(config.examples), config.max_length)
+    dataset = ExampleDataset(read_rows(config.examples), config.max_length)
     if dataset.dropped:
-        logger.warning("dropped %d examples with no target left within max_length", dataset.dropped)
+        logger.warning("dropped %d rows with no target left within max_length", dataset.dropped)
     if not len(dataset):
         raise ValueError(f"no trainable examples in {config.examples}")
 
@@ -272,11 +498,28 @@ def fit(config: TrainConfig) -> TrainResult:
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    collator = WeightedCollator(pad_token_id=int(pad_id))
+    if dataset.n_pairs:
+        # The reference is the policy before any update (a resumed run loads its checkpoint
+        # later, in train(), so this is still the initial model). Every process scores all
+        # pairs itself: one no-grad pass, and the data stays identical on every rank.
+        amp = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+        if not _is_zero3():
+            model.to(config.device)  # type: ignore[arg-type]  # (transformers' stub)
+        n = precompute_reference_logps(
+            model,
+            dataset,
+            collator,
+            batch_size=config.per_device_eval_batch_size,
+            device=config.device,
+            autocast_dtype=amp,
+        )
+        logger.info("reference log-probs of %d preference pairs computed", n)
     trainer = WeightedSFTTrainer(
         model=model,
         args=config,
         train_dataset=dataset,
-        data_collator=WeightedCollator(pad_token_id=int(pad_id)),
+        data_collator=collator,
         processing_class=tokenizer,
     )
     output = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
@@ -299,6 +542,7 @@ def fit(config: TrainConfig) -> TrainResult:
         losses=[float(h["loss"]) for h in history if "loss" in h],
         log_history=history,
         dropped_examples=dataset.dropped,
+        pairs=dataset.n_pairs,
     )
     if trainer.is_world_process_zero():
         summary = {k: v for k, v in vars(result).items() if k != "model_dir"}

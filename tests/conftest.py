@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.shared_data import SHARED_DATA
+from tests.shared_data import SHARED_DATA, require
 
 PARROT_REPLY = "The answer is \\boxed{7}."
 
@@ -27,13 +27,13 @@ def parrot_reply() -> str:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"expected the shared data at {SHARED_DATA}"
-    return SHARED_DATA
+    """The GSM8K/MATH folder (tests/shared_data.py); a test that takes it skips without it."""
+    return require(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from rise.engine.tiny import build_tiny_tokenizer
+    from tests.tiny_models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -41,7 +41,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight tiny Llama with a ChatML tokenizer."""
-    from rise.engine.tiny import build_tiny_model
+    from tests.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -49,7 +49,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def parrot_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama taught to answer every chat with PARROT_REPLY (answer 7)."""
-    from rise.engine.tiny import build_tiny_model, train_parrot
+    from tests.tiny_models import build_tiny_model, train_parrot
 
     path = build_tiny_model(tmp_path_factory.mktemp("parrot-model"), seed=1)
     return train_parrot(path, PARROT_REPLY)

@@ -1,4 +1,8 @@
-"""Inference engines behind one small contract (``base.Engine``); vLLM is imported lazily."""
+"""Inference engines behind one small contract (``base.Engine``); vLLM is imported lazily.
+
+The engine speaks token ids: it knows no prompts, answers or episodes, and imports nothing of
+``rise`` outside this package (docs/ARCHITECTURE.md).
+"""
 
 from rise.engine.base import (
     Engine,

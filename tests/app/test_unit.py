@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app.chat import parse_model
+from app.api.openai import parse_model
 from app.errors import (
     Conflict,
     EngineUnavailable,
@@ -33,6 +33,7 @@ from app.settings import Settings
 from rise.engine.base import GenerationChunk, SamplingConfig
 from rise.episode import Outcome, StopReason, Turn
 from rise.loop import new_episode
+from rise.plan import RequestPlan
 from tests.scripted_engine import ScriptedEngineBase
 
 REPLY = "The answer is \\boxed{7}."
@@ -77,10 +78,12 @@ def test_session_json_round_trip_is_lossless() -> None:
         Turn(0, "u", [1, 2, 3], [4, 5], "t", "stop", True, "7", Outcome.CORRECT, 2, 0.5, 0.1)
     )
     episode.stop_reason = StopReason.ORACLE
-    session = Session(episode, owner=owner_of("k"), options={"mode": "oracle"})
+    plan = RequestPlan(mode="oracle", stop_on_correct=True, converge_k=3, stop=("x",))
+    session = Session(episode, owner=owner_of("k"), plan=plan)
     again = Session.from_json(session.to_json())
     assert again.to_json() == session.to_json()
     assert again.episode.turns[0].output_ids == [4, 5] and again.owner == owner_of("k")
+    assert again.plan == plan
     assert owner_of("k") != "k" and owner_of(None) is None
 
 

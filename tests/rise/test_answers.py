@@ -1,4 +1,4 @@
-"""Tests for rise.answers: extraction, equivalence, graders, and RISE.md §7's known failures."""
+"""rise.answers: extraction, equivalence, graders, and the known failures of docs/RISE.md §7."""
 
 from __future__ import annotations
 
@@ -24,15 +24,15 @@ from rise.answers import (
 )
 from rise.episode import Outcome
 from tests.shared_data import SHARED_DATA as DATA
+from tests.shared_data import require
 
 N_GSM8K = 60
 N_MATH = 60
 
 
 def _jsonl(path: Path, n: int) -> list[dict[str, Any]]:
-    if not path.exists():
-        pytest.fail(f"shared data set missing: {path}")
-    with path.open() as f:
+    """The first ``n`` rows of a data file; the test is skipped when the file is absent."""
+    with require(path).open() as f:
         return [json.loads(line) for _, line in zip(range(n), f, strict=False)]
 
 
@@ -170,7 +170,8 @@ def test_is_equivalent_true(reference: str, answer: str) -> None:
 @pytest.mark.parametrize(
     ("reference", "answer"),
     [
-        # RISE.md §7: the public MATH checker judged these equal (regex broke on nested braces).
+        # docs/RISE.md §7: the public MATH checker judged these equal (its regex broke on
+        # nested braces).
         (r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}{4}"),
         (r"\frac{\sqrt{3}}{4}", r"\frac{\sqrt{3}}{2}"),
         # The public GSM8K checker used int(): non-integers and exact large integers.

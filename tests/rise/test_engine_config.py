@@ -1,7 +1,9 @@
-"""Engine settings → vLLM arguments, per device; the per-request seed path (GPU only)."""
+"""Engine settings → vLLM arguments, per device; the per-request seed path (GPU only); the
+engine's place in the dependency rules of docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 
@@ -72,3 +74,30 @@ def test_prepare_model_uses_local_folders_and_refuses_unknown(tmp_path: Path, mo
     assert cache_dir_for("default", tmp_path) == cache_dir_for(
         "HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _imported_modules(package: str) -> dict[str, set[str]]:
+    """Every module each ``.py`` file under ``package`` imports (read, not executed)."""
+    out: dict[str, set[str]] = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        out[str(path.relative_to(REPO))] = names
+    return out
+
+
+def test_the_engine_knows_no_prompts_and_rise_knows_no_callers() -> None:
+    """rise/engine imports nothing of rise but itself; rise/ imports neither app nor rise_train."""
+    for path, names in _imported_modules("rise/engine").items():
+        foreign = {n for n in names if n.startswith("rise.") and not n.startswith("rise.engine")}
+        assert not foreign, f"{path} imports {sorted(foreign)}"
+    for path, names in _imported_modules("rise").items():
+        callers = {n for n in names if n.split(".")[0] in ("app", "rise_train", "tests")}
+        assert not callers, f"{path} imports {sorted(callers)}"

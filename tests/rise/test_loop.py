@@ -211,3 +211,33 @@ def test_loop_config_rejects_bad_values() -> None:
             LoopConfig(**bad)
     with pytest.raises(ValueError, match="unknown grader"):
         new_episode("q", grader="nope")
+
+
+async def test_loop_max_turns_counts_the_turns_of_this_run(tiny_tokenizer) -> None:
+    loop, _ = _loop(tiny_tokenizer)
+    episode = new_episode("Q-one")
+    await loop.run([episode], LoopConfig(max_turns=2))
+    # A continued episode takes max_turns more (one meaning of max_turns: this run's turns).
+    await loop.run([episode], LoopConfig(max_turns=2, answer_mode="last"))
+    assert [t.answer for t in episode.turns] == ["3", "4", "4", "5"]
+    assert episode.stop_reason is StopReason.MAX_TURNS and episode.final_answer == "5"
+    before = episode.output_tokens
+    await loop.run([episode], LoopConfig(max_turns=5, token_budget=4))
+    assert len(episode.turns) == 5 and episode.output_tokens - before <= 4
+    assert episode.stop_reason is StopReason.TOKEN_BUDGET
+
+
+async def test_loop_episode_event_carries_the_final_answer_rule(tiny_tokenizer) -> None:
+    loop, _ = _loop(tiny_tokenizer)
+    episode = new_episode("Q-one", reference="5")
+    config = LoopConfig(max_turns=5, answer_mode="oracle")  # graded, but no oracle stop
+    events = [e async for e in loop.stream([episode], config)]
+    final = events[-1]
+    assert isinstance(final, EpisodeEvent) and len(episode.turns) == 5
+    assert (final.final.answer, final.final.turn) == ("5", 3) and episode.final_answer == "5"
+    assert final.vote.winner == "4" and final.vote is final.final.vote
+    # The stop rule and the answer rule are separate: stop at the oracle, answer by vote.
+    stopped = new_episode("Q-one", reference="5")
+    await loop.run([stopped], LoopConfig(max_turns=5, oracle=True))
+    assert stopped.stop_reason is StopReason.ORACLE and stopped.answers == ["3", "4", "4", "5"]
+    assert stopped.final_answer == "4"

@@ -1,9 +1,14 @@
-"""Tests for rise.voting.majority_vote: grouping by equivalence, abstentions, ties, margins."""
+"""rise.voting: the majority vote (grouping by equivalence, abstentions, ties, margins) and the
+final-answer rule (vote | last | oracle: which answer, which turn's text)."""
 
 from __future__ import annotations
 
+import pytest
+
 from rise.answers import get_grader
-from rise.voting import Vote, majority_vote
+from rise.episode import Episode, StopReason, Turn
+from rise.loop import new_episode
+from rise.voting import ANSWER_MODES, Vote, final_answer, majority_vote
 
 
 def test_vote_empty_list() -> None:
@@ -67,7 +72,7 @@ def test_vote_groups_by_equivalence() -> None:
 
 
 def test_vote_nested_fractions_stay_apart() -> None:
-    # RISE.md §7: these two must not be merged into one group.
+    # docs/RISE.md §7: these two must not be merged into one group.
     vote = majority_vote([r"\frac{\sqrt{3}}{2}", r"\frac{\sqrt{3}}{4}", r"\frac{\sqrt{3}}{4}"])
     assert vote.winner == r"\frac{\sqrt{3}}{4}"
     assert vote.counts == {r"\frac{\sqrt{3}}{2}": 1, r"\frac{\sqrt{3}}{4}": 2}
@@ -107,3 +112,46 @@ def test_vote_to_dict() -> None:
         "margin": 2,
         "total": 2,
     }
+
+
+def _episode(answers: list[str | None], reference: str | None = None) -> Episode:
+    episode = new_episode("q", reference=reference, grader="math")
+    for index, answer in enumerate(answers):
+        outcome = None if reference is None else get_grader("math").grade(answer, reference)
+        episode.turns.append(
+            Turn(index, "u", [], [], f"text {index}", "stop", True, answer, outcome)
+        )
+    return episode
+
+
+def test_final_answer_vote_shows_the_winners_latest_turn() -> None:
+    final = final_answer(_episode(["3", "4", "4", "5"]), "vote")
+    assert (final.answer, final.turn, final.vote.margin) == ("4", 2, 1)
+    silent = final_answer(_episode([None, None]), "vote")
+    assert (silent.answer, silent.turn) == (None, 1)  # no answers: the last turn's text
+
+
+def test_final_answer_last_and_no_turns() -> None:
+    final = final_answer(_episode(["3", "4", "4", None]), "last")
+    assert (final.answer, final.turn, final.vote.winner) == (None, 3, "4")
+    for mode in ANSWER_MODES:
+        empty = final_answer(_episode([]), mode)  # type: ignore[arg-type]
+        assert (empty.answer, empty.turn, empty.vote.total) == (None, None, 0)
+
+
+def test_final_answer_oracle_is_the_latest_correct_turn_else_the_vote() -> None:
+    final = final_answer(_episode(["3", "7", "3", "7.0", "3"], reference="7"), "oracle")
+    assert (final.answer, final.turn) == ("7.0", 3)
+    missed = final_answer(_episode(["3", "4", "3"], reference="7"), "oracle")
+    assert (missed.answer, missed.turn) == ("3", 2)
+    ungraded = final_answer(_episode(["3", "4", "4"]), "oracle")
+    assert (ungraded.answer, ungraded.turn) == ("4", 2)
+
+
+def test_final_answer_ignores_why_the_episode_stopped() -> None:
+    episode = _episode(["3", "3", "4"], reference="4")
+    episode.stop_reason = StopReason.ORACLE  # the stop rule fired; the answer rule decides
+    assert final_answer(episode, "vote").answer == "3"
+    assert final_answer(episode, "oracle").answer == "4"
+    with pytest.raises(ValueError, match="unknown answer mode"):
+        final_answer(episode, "best")  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rise_train.datasets import Problem, load_problems, split_problems, subset
-from tests.shared_data import SHARED_DATA as DATA
+from tests.shared_data import shared_file
 
 
 def _write(path: Path, rows: list[object]) -> Path:
@@ -17,7 +17,7 @@ def _write(path: Path, rows: list[object]) -> Path:
 
 
 def test_load_problems_gsm8k_test_references() -> None:
-    problems = load_problems(f"gsm8k:{DATA / 'gsm8k' / 'test.jsonl'}")
+    problems = load_problems(f"gsm8k:{shared_file('gsm8k', 'test.jsonl')}")
     assert len(problems) == 1319
     first = problems[0]
     assert first.reference == "18"
@@ -30,14 +30,14 @@ def test_load_problems_gsm8k_test_references() -> None:
 
 
 def test_load_problems_bare_path_sniffs_gsm8k() -> None:
-    sniffed = load_problems(str(DATA / "gsm8k" / "train.jsonl"), limit=5)
-    explicit = load_problems(f"gsm8k:{DATA / 'gsm8k' / 'train.jsonl'}", limit=5)
+    sniffed = load_problems(str(shared_file("gsm8k", "train.jsonl")), limit=5)
+    explicit = load_problems(f"gsm8k:{shared_file('gsm8k', 'train.jsonl')}", limit=5)
     assert sniffed == explicit
     assert sniffed[0].id == "gsm8k-train-0"
 
 
 def test_load_problems_math_answer_field() -> None:
-    problems = load_problems(f"math:{DATA / 'math' / 'test.jsonl'}")
+    problems = load_problems(f"math:{shared_file('math', 'test.jsonl')}")
     assert len(problems) == 5000
     assert problems[0].reference == "2"  # vertical asymptotes of 2/(x^2+x-6)
     assert problems[0].grader == "math"
@@ -45,7 +45,7 @@ def test_load_problems_math_answer_field() -> None:
 
 
 def test_load_problems_math500_sniffed_with_unique_ids() -> None:
-    problems = load_problems(str(DATA / "math" / "math500_test.jsonl"))
+    problems = load_problems(str(shared_file("math", "math500_test.jsonl")))
     assert len(problems) == 500
     assert problems[0].source == "math"
     assert problems[0].id == "math-test/precalculus/807.json"
@@ -157,7 +157,7 @@ def test_load_problems_hf_offline_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_load_problems_subsets_are_deterministic() -> None:
-    spec = f"gsm8k:{DATA / 'gsm8k' / 'test.jsonl'}"
+    spec = f"gsm8k:{shared_file('gsm8k', 'test.jsonl')}"
     window = load_problems(spec, offset=10, limit=5)
     assert [p.id for p in window] == [f"gsm8k-test-{i}" for i in range(10, 15)]
     a = load_problems(spec, shuffle=True, seed=3, limit=20)

@@ -108,7 +108,8 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
         "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", "16",
         "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", "8",
         "--model", str(tiny_model_dir), "--run-dir", str(run_dir), "--data-dir", str(data_dir),
-        "--turns", "2", "--samples", "2", "--max-tokens", "32",
+        "--turns", "2", "--samples", "1,3", "--max-tokens", "32",
+        "--target", "dissimilar", "--first-turn", "unit", "--pairs", "fix",
         "--eval-turns", "2", "--eval-parallel", "2",
         "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "8", "--grad-accum", "1",
         "--quiet", *ENGINE_FLAGS,
@@ -133,7 +134,8 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     for record in records:
         assert 1 <= len(record["turns"]) <= 2
         for t, turn in enumerate(record["turns"]):
-            assert turn["index"] == t and len(turn["candidates"]) + turn["dropped"] == 2
+            # RISE's schedule: one attempt at turn 1, best-of-3 for the correction.
+            assert turn["index"] == t and len(turn["candidates"]) + turn["dropped"] == (1, 3)[t]
             rewards = [c["reward"] for c in turn["candidates"]]
             assert turn["chosen"] == rewards.index(max(rewards))
             assert all(REWARD[c["outcome"]] == c["reward"] for c in turn["candidates"])
@@ -141,10 +143,18 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
         assert "correct" not in outcomes[:-1]
 
     # Examples: the chosen actions, loss only on the target, weight exp(r / 0.4).
-    examples = read_jsonl(run_dir / it["examples"])
+    rows = read_jsonl(run_dir / it["examples"])
+    examples = [r for r in rows if r["kind"] == "sft"]
+    pairs = [r for r in rows if r["kind"] == "pair"]
     assert 0 < len(examples) <= sum(len(r["turns"]) for r in records)
+    assert len(pairs) == it["build"]["pairs"]
+    for pair in pairs:  # a correct correction preferred to the wrong attempt repeated
+        assert pair["chosen_ids"] != pair["rejected_ids"] and pair["pair_type"] == "fix"
+    assert set(it["build"]["composition"]) >= {"first", "wrong_to_right", "wrong_to_wrong"}
     for ex in examples:
-        assert ex["weight"] == pytest.approx(math.exp(ex["reward"] / 0.4))
+        # first turn: unit weight; corrections: exp(r / 0.4)
+        expected = 1.0 if ex["turn"] == 0 else math.exp(ex["reward"] / 0.4)
+        assert ex["weight"] == pytest.approx(expected)
         assert ex["reward"] == REWARD[ex["outcome"]]
         n_context = next(i for i, label in enumerate(ex["labels"]) if label != -100)
         assert ex["labels"][n_context:] == ex["input_ids"][n_context:] and n_context > 0
@@ -154,6 +164,7 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     assert 2 <= train["global_step"] <= 10 and train["losses"]
     model_dir = run_dir / it["model"]
     assert not list(model_dir.glob("checkpoint-*"))
+    assert json.loads((model_dir / "rise_prompts.json").read_text())["introspection"]
     from transformers import AutoTokenizer
 
     pad_id = AutoTokenizer.from_pretrained(model_dir).pad_token_id

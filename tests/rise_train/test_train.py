@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from rise_train.build import IGNORE_INDEX, make_example, write_jsonl
+from rise_train.losses import weighted_nll
+from rise_train.records import IGNORE_INDEX, Example, write_jsonl
 from rise_train.train import (
     ExampleDataset,
     TrainConfig,
@@ -18,8 +19,12 @@ from rise_train.train import (
     WeightedSFTTrainer,
     fit,
     train,
-    weighted_nll,
 )
+
+
+def make_example(prompt: list[int], target: list[int], weight: float, **meta: Any) -> dict:
+    return Example.from_ids(prompt, target, weight, **meta).to_dict()
+
 
 CONFIGS = Path(__file__).resolve().parents[2] / "rise_train" / "configs"
 PAIRS = [

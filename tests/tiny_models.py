@@ -5,6 +5,10 @@ small built-in corpus, a ChatML chat template and ``<|im_end|>`` as end of turn 
 conversation format as the default SmolLM2 model, so every code path (rendering, continuation,
 prefix caching, training) runs for real. ``train_parrot`` optionally teaches it one fixed reply,
 which gives integration tests a model whose answers are known in advance.
+
+Test tooling, not part of the installed package: the fixtures in ``tests/conftest.py`` and the
+benchmarks under ``bench/`` use it. It stays out of ``rise/engine/`` because ``train_parrot``
+renders RISE's prompts, and the engine knows no prompts (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
+from app.api.common import ERROR_RESPONSES
 from app.deps import ServiceDep
-from app.schemas import ERROR_RESPONSES, Status
+
+
+class Status(BaseModel):
+    status: str
+    model: str | None = None
+
 
 router = APIRouter(tags=["operations"])
 

@@ -1,0 +1,276 @@
+"""POST /solve and the session routes in-process (httpx ASGI transport, scripted engine).
+
+The request → plan → response translation of the RISE API, in seconds; ``test_live_solve.py``
+runs the same routes on the real engine and Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.app.scripted_app import REPLIES, TurnScriptEngine, serve, sse_json
+
+
+@pytest.fixture
+def engine(tiny_tokenizer) -> TurnScriptEngine:
+    return TurnScriptEngine(tiny_tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"question": "x",', None),  # malformed JSON
+        ({"question": 5}, "question"),
+        ({"question": "   "}, "question"),
+        ({"question": "q", "max_turns": 0}, "max_turns"),
+        ({"question": "q", "max_turns": 11}, "max_turns"),
+        ({"question": "q", "max_tokens": 5000}, "max_tokens"),
+        ({"question": "q", "temperature": "hot"}, "temperature"),
+        ({"question": "q", "mode": "oracle"}, "reference"),
+        ({"question": "q", "mode": "best"}, "mode"),
+        ({"question": "q", "grader": "nope"}, "grader"),
+        ({"question": "q", "unknown": 1}, "unknown"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x", "name": "n"}]}, "messages.0.name"),
+        ({}, "question"),
+        ({"question": "q", "messages": [{"role": "user", "content": "x"}]}, "question"),
+        ({"session_id": "doesnotexist0", "question": "q"}, "question"),
+        ({"session_id": "doesnotexist0", "grader": "math"}, "grader"),
+        ({"session_id": "bad id"}, "session_id"),
+    ],
+)
+async def test_solve_rejects_bad_input_naming_the_field(
+    engine: TurnScriptEngine, tmp_path: Path, body: object, param: str | None
+) -> None:
+    content = body if isinstance(body, str) else json.dumps(body)
+    async with serve(engine, tmp_path) as client:
+        response = await client.post(
+            "/solve", content=content, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == param
+    assert engine.requests == []  # refused before any engine work
+
+
+async def test_solve_unknown_session_is_404_naming_session_id(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        response = await client.post("/solve", json={"session_id": "doesnotexist0"})
+        routes = [
+            await client.get("/sessions/doesnotexist0"),
+            await client.delete("/sessions/doesnotexist0"),
+            await client.post("/sessions/doesnotexist0/turns", json={}),
+        ]
+    for answer in [response, *routes]:
+        assert answer.status_code == 404
+        error = answer.json()["error"]
+        assert error["param"] == "session_id" and error["code"] == "session_not_found"
+
+
+async def test_solve_prompt_too_long_names_the_prompt_field(tiny_tokenizer, tmp_path: Path) -> None:
+    engine = TurnScriptEngine(tiny_tokenizer, max_model_len=64)
+    async with serve(engine, tmp_path) as client:
+        question = await client.post("/solve", json={"question": "word " * 100})
+        chat = [{"role": "user", "content": "word " * 100}]
+        messages = await client.post("/solve", json={"messages": chat})
+    for response, param in ((question, "question"), (messages, "messages")):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == param and error["code"] == "context_length_exceeded"
+
+
+async def test_solve_json_votes_over_every_turn(engine: TurnScriptEngine, tmp_path: Path) -> None:
+    async with serve(engine, tmp_path) as client:
+        response = await client.post("/solve", json={"question": "What is 2 + 2?"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["mode"] == "vote" and body["model"] == "scripted"
+    assert [t["answer"] for t in body["turns"]] == ["3", "4", "4", "5", "9"]  # default 5 turns
+    assert [t["text"] for t in body["turns"]] == list(REPLIES)
+    assert body["answer"] == "4" and body["vote"]["winner_turn"] == 2
+    assert body["vote"]["counts"] == {"3": 1, "4": 2, "5": 1, "9": 1}
+    assert body["stop_reason"] == "max_turns" and body["new_turns"] == 5
+    turns = body["turns"]
+    assert body["usage"]["completion_tokens"] == sum(t["completion_tokens"] for t in turns)
+    assert body["usage"]["total_tokens"] == sum(
+        t["prompt_tokens"] + t["completion_tokens"] for t in turns
+    )
+    first_prompt, sampling = engine.requests[0]
+    assert "Solve the following math problem" in first_prompt and "What is 2 + 2?" in first_prompt
+    assert "Please try again" in engine.requests[1][0]
+    # Unset options take the plan's defaults (one default for /solve and /v1).
+    assert (sampling.temperature, sampling.top_p, sampling.max_tokens) == (1.0, 1.0, 512)
+
+
+@pytest.mark.parametrize(
+    ("options", "answer", "turns", "stop_reason"),
+    [
+        ({"mode": "last"}, "9", 5, "max_turns"),
+        ({"mode": "oracle", "reference": "4"}, "4", 2, "oracle"),
+        ({"mode": "oracle", "reference": "7"}, "4", 5, "max_turns"),  # no correct turn: vote
+        ({"stop_on_convergence": True}, "4", 3, "converged"),
+        ({"max_turns": 2}, "4", 2, "max_turns"),  # tie 3 / 4: the later turn
+    ],
+)
+async def test_solve_answer_rules_and_stop_rules(
+    engine: TurnScriptEngine,
+    tmp_path: Path,
+    options: dict,
+    answer: str,
+    turns: int,
+    stop_reason: str,
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        body = (await client.post("/solve", json={"question": "q", **options})).json()
+    assert body["answer"] == answer and len(body["turns"]) == turns
+    assert body["stop_reason"] == stop_reason
+    assert body["mode"] == options.get("mode", "vote")
+
+
+async def test_solve_sampling_options_reach_the_engine(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    options = {"temperature": 0, "top_p": 0.5, "max_tokens": 4, "seed": 3, "max_turns": 2}
+    async with serve(engine, tmp_path) as client:
+        body = (await client.post("/solve", json={"question": "q", **options})).json()
+    samplings = [s for _, s in engine.requests]
+    assert {(s.temperature, s.top_p, s.max_tokens) for s in samplings} == {(0.0, 0.5, 4)}
+    assert len({s.seed for s in samplings}) == 2  # derived per turn from the request's seed
+    assert all(
+        t["completion_tokens"] == 4 and t["finish_reason"] == "length" for t in body["turns"]
+    )
+
+
+async def test_solve_messages_are_sent_as_given(engine: TurnScriptEngine, tmp_path: Path) -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ]
+    async with serve(engine, tmp_path) as client:
+        body = (await client.post("/solve", json={"messages": messages, "max_turns": 2})).json()
+        session = (await client.get(f"/sessions/{body['session_id']}")).json()
+    assert "Solve the following" not in engine.requests[0][0]
+    assert "You are terse." in engine.requests[0][0]
+    assert session["messages"][:2] == messages
+    assert "Please try again" in session["messages"][3]["content"]
+    assert session["question"] == "What is 2 + 2?" and len(session["turns"]) == 2
+
+
+async def test_solve_stream_sends_session_tokens_turns_then_done(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    request = {"question": "q", "max_turns": 3, "stream": True}
+    async with serve(engine, tmp_path) as client:
+        response = await client.post("/solve", json=request)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_json(response.text)
+    names = [name for name, _ in events]
+    assert names[0] == "session" and names[-1] == "done" and names.count("turn") == 3
+    assert set(names[1 : names.index("turn")]) == {"token"}
+    done = events[-1][1]
+    assert done["session_id"] == events[0][1]["session_id"] and done["answer"] == "4"
+    for index, turn in enumerate(done["turns"]):
+        streamed = "".join(d["text"] for n, d in events if n == "token" and d["turn"] == index)
+        assert streamed == turn["text"] == REPLIES[index]
+    assert [d["answer"] for n, d in events if n == "turn"] == ["3", "4", "4"]
+
+
+async def test_solve_stream_errors_before_the_first_event_are_plain_http(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        unknown = await client.post("/solve", json={"session_id": "doesnotexist0", "stream": True})
+        too_many = await client.post(
+            "/solve", json={"question": "q", "max_turns": 11, "stream": True}
+        )
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "session_id"
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "max_turns"
+    assert unknown.headers["content-type"] == "application/json"
+
+
+async def test_session_continues_with_its_own_options(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        first = (
+            await client.post(
+                "/solve", json={"question": "q", "max_turns": 2, "max_tokens": 64, "mode": "last"}
+            )
+        ).json()
+        sid = first["session_id"]
+        more = await client.post(f"/sessions/{sid}/turns", json={"max_turns": 2})
+        assert more.status_code == 200, more.text
+        body = more.json()
+        # max_turns is the turns this request runs: 2 more on top of 2.
+        assert body["new_turns"] == 2 and len(body["turns"]) == 4
+        assert body["turns"][:2] == first["turns"] and body["mode"] == "last"
+        assert body["usage"]["completion_tokens"] == sum(
+            t["completion_tokens"] for t in body["turns"][2:]
+        )
+        # Continuing through /solve: one turn unless told, options kept, mode changeable.
+        again = (await client.post("/solve", json={"session_id": sid, "mode": "vote"})).json()
+        assert len(again["turns"]) == 5 and again["new_turns"] == 1
+        assert again["mode"] == "vote" and again["answer"] == "4"
+        stored = (await client.get(f"/sessions/{sid}")).json()
+        assert stored["turns"] == again["turns"] and len(stored["messages"]) == 10
+        assert stored["status"] == "done" and stored["mode"] == "vote"
+        assert stored["options"] == {
+            "mode": "vote",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "max_tokens": 64,
+            "seed": None,
+            "stop": [],
+            "stop_on_convergence": False,
+            "context_window": None,
+        }
+        # The third request's turn continued the stored token ids: its prompt holds them all.
+        assert engine.requests[-1][0].count("<|im_start|>assistant") == 5
+        assert {s.max_tokens for _, s in engine.requests} == {64}
+        assert (await client.delete(f"/sessions/{sid}")).status_code == 204
+        assert (await client.get(f"/sessions/{sid}")).status_code == 404
+
+
+async def test_session_continuation_with_oracle_needs_a_reference(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        sid = (await client.post("/solve", json={"question": "q", "max_turns": 1})).json()[
+            "session_id"
+        ]
+        refused = await client.post(f"/sessions/{sid}/turns", json={"mode": "oracle"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "reference"
+        body = (
+            await client.post(
+                f"/sessions/{sid}/turns",
+                json={"mode": "oracle", "reference": "4", "max_turns": 3},
+            )
+        ).json()
+    assert body["stop_reason"] == "oracle" and len(body["turns"]) == 2
+    assert body["answer"] == "4" and body["turns"][1]["outcome"] == "correct"
+
+
+async def test_engine_failure_mid_stream_ends_with_an_error_event(
+    tiny_tokenizer, tmp_path: Path
+) -> None:
+    engine = TurnScriptEngine(tiny_tokenizer, fail_on_turn=1)
+    async with serve(engine, tmp_path) as client:
+        streamed = await client.post("/solve", json={"question": "q", "stream": True})
+        plain = await client.post("/solve", json={"question": "q"})
+        sid = sse_json(streamed.text)[0][1]["session_id"]
+        stored = (await client.get(f"/sessions/{sid}")).json()
+    events = sse_json(streamed.text)
+    assert streamed.status_code == 200 and [n for n, _ in events].count("turn") == 1
+    assert events[-1][0] == "error"
+    assert events[-1][1]["error"]["code"] == "engine_unavailable"
+    assert plain.status_code == 503 and plain.json()["error"]["code"] == "engine_unavailable"
+    # The turn that finished is kept, the session marked as ended by an error.
+    assert stored["stop_reason"] == "error" and len(stored["turns"]) == 1
+    assert stored["answer"] == "3"
