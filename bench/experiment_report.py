@@ -13,15 +13,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rise.episode import Episode
 from rise_train.build import format_composition
-from rise_train.metrics import paired_comparison
+from rise_train.metrics import compute_metrics, paired_comparison
 from rise_train.report import format_paired, read_report
 
-HEADLINE = ("m1@t1", "m5@t1", "m1@t5", "p1@t5", "pass@5")
+HEADLINE = ("m1@t1", "m5@t1", "m1@t5", "p1@t5", "p5@t1")  # p5@t1: any of 5 parallel right
 
 
 def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """{eval set: {model label: report}} for every report the manifest lists."""
+    """{eval set: {model label: report}} for every report the manifest lists.
+
+    Metrics are recomputed from the stored episodes with the current code, so a report written
+    before a diagnostic existed (copy selectivity, pooled flips, bootstrap intervals) has it.
+    """
     sets = {"eval": manifest.get("evaluations", {}), **manifest.get("extra_evaluations", {})}
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, entries in sets.items():
@@ -29,12 +34,28 @@ def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dic
         for label, entry in entries.items():
             path = run_dir / entry["report"]
             if path.exists():
-                out[name][label] = read_report(path)
+                out[name][label] = _recomputed(read_report(path), path.parent)
     return out
 
 
+def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
+    episodes_file = folder / "episodes.jsonl"
+    if "copy_selectivity" in report or not episodes_file.exists():
+        return report
+    episodes, parallel = [], []
+    for line in episodes_file.read_text().splitlines():
+        row = json.loads(line)
+        episode = Episode.from_dict(row)
+        episodes.append(episode)
+        first = episode.turns[0].answer if episode.turns else None
+        parallel.append([first, *(t.get("answer") for t in row.get("parallel", []))])
+    p = report.get("n_parallel", 1)
+    fresh = compute_metrics(episodes, report["max_turns"], parallel if p > 1 else None)
+    return {**report, **fresh}
+
+
 def _metric(report: dict[str, Any], name: str) -> str:
-    m = report.get("metrics", {}).get(name)
+    m = report.get("metrics", {}).get(name) or report.get("exploration", {}).get(name)
     if m is None:
         return "-"
     low, high = m["ci95"]
@@ -42,7 +63,7 @@ def _metric(report: dict[str, Any], name: str) -> str:
 
 
 def _selectivity(report: dict[str, Any]) -> str:
-    sel = report.get("copy_selectivity", {}).get("pooled")
+    sel = report.get("copy_selectivity")
     if not sel:
         return "-"
     wrong = sel.get("same_answer_given_wrong", {})
@@ -66,9 +87,12 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
         rows = {}
         for label, report in by_label.items():
             rows[label] = {
-                "metrics": {k: report["metrics"].get(k) for k in HEADLINE},
+                "metrics": {
+                    k: report["metrics"].get(k) or report.get("exploration", {}).get(k)
+                    for k in HEADLINE
+                },
                 "sequential_gain": report.get("sequential_gain"),
-                "copy_selectivity": report.get("copy_selectivity", {}).get("pooled"),
+                "copy_selectivity": report.get("copy_selectivity"),
                 "flips": report.get("flips"),
                 "distinct_answers": report.get("distinct_answers"),
                 "ablation": report.get("ablation"),

@@ -183,9 +183,9 @@ async def _solve(
                     f"stop: {episode.stop_reason.value if episode.stop_reason else '-'}", file=out
                 )
                 final = event.final
-                shown_turn = "" if final.turn is None else f" (turn {final.turn + 1})"
+                shown_turn = "" if final.turn is None else f", turn {final.turn + 1}"
                 answer = final.answer if final.answer is not None else "(no answer)"
-                print(f"final answer ({plan.mode}): {answer}{shown_turn}", file=out)
+                print(f"final answer: {answer} ({plan.mode}{shown_turn})", file=out)
         if as_json:
             print(json.dumps(episode.to_dict(), indent=2))
     finally:

@@ -279,8 +279,12 @@ async def test_collect_on_parrot_engine(tmp_path, parrot_engine) -> None:
             assert t1["prompt_ids"][: len(prefix)] == prefix
     assert stats.solved == 4 and stats.candidates == 3 * (4 + 8)
     # The build step reads these records: correct turns weigh exp(1/0.4), wrong ones exp(0).
-    examples, _ = build_examples(records, BuildConfig(shuffle=False))
-    assert len(examples) == 4 + 2 * 4  # one per (state, action): right at once, or wrong twice
+    examples, stats = build_examples(records, BuildConfig(shuffle=False))
+    # Right at once (4), or wrong twice (4 problems): the parrot's second "7" repeats its first
+    # attempt, which within-trajectory de-duplication (RISE's, on by default) drops.
+    assert len(examples) == 4 + 4 and stats.repeats_earlier_action == 4
+    every, _ = build_examples(records, BuildConfig(shuffle=False, dedup_trajectory=False))
+    assert len(every) == 4 + 2 * 4  # one per (state, action)
     for ex in examples:
         assert ex.weight == pytest.approx(math.exp(ex.reward / 0.4))
 
