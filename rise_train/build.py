@@ -213,13 +213,17 @@ def example_weight(
     return max(0.0, w + config.progress_bonus * (reward - previous))
 
 
-def least_similar(candidates: Sequence[Candidate], previous_ids: Sequence[int]) -> int | None:
-    """Index of the correct candidate least like ``previous_ids`` (first on ties); None if none."""
+def least_similar(
+    candidates: Sequence[Candidate], ids: Sequence[Sequence[int]], previous_ids: Sequence[int]
+) -> int | None:
+    """Index of the correct candidate whose ``ids`` are least like ``previous_ids`` (first on
+    ties); None when no candidate is correct. ``ids`` are the candidates' token ids, rendered
+    for those stored as text only."""
     best: tuple[float, int] | None = None
-    for i, cand in enumerate(candidates):
+    for i, (cand, cand_ids) in enumerate(zip(candidates, ids, strict=True)):
         if not cand.correct:
             continue
-        ratio = edit_ratio(cand.output_ids or [], previous_ids)
+        ratio = edit_ratio(cand_ids, previous_ids)
         if best is None or ratio < best[0]:
             best = (ratio, i)
     return None if best is None else best[1]
@@ -280,7 +284,8 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
         ids = [_target_ids(c, lazy, pid)[0] for c in turn.candidates]
         target = turn.chosen
         if config.target == "dissimilar" and chosen_ids:
-            target = _least_similar_ids(turn.candidates, ids, chosen_ids[-1], target)
+            dissimilar = least_similar(turn.candidates, ids, chosen_ids[-1])
+            target = target if dissimilar is None else dissimilar
         picked = range(len(turn.candidates)) if config.include_candidates else [target]
         for c in picked:
             yield _Action(
@@ -309,18 +314,6 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
         chosen_ids.append(output_ids)
         if not action.correct:
             wrong_answers.append(action.answer)
-
-
-def _least_similar_ids(
-    candidates: Sequence[Candidate], ids: Sequence[list[int]], previous: list[int], default: int
-) -> int:
-    """:func:`least_similar` on rendered ids (candidates stored as text have ids only here)."""
-    with_ids = [
-        Candidate(c.text, c.reward, output_ids=i, outcome=c.outcome)
-        for c, i in zip(candidates, ids, strict=True)
-    ]
-    index = least_similar(with_ids, previous)
-    return default if index is None else index
 
 
 def _repeats(action: _Action) -> str | None:
