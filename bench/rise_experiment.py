@@ -199,16 +199,35 @@ def matched_control(args: argparse.Namespace, source: Path) -> argparse.Namespac
     )
 
 
+def default_config() -> IterateConfig:
+    """The settings a run gets when nothing is passed (what an older manifest left out)."""
+    return IterateConfig(run_dir="unused")
+
+
+def same_settings(old: object, new: object, default: object) -> bool:
+    """Whether ``old`` (from an older manifest) equals ``new``.
+
+    A key the older manifest lacks was added later; the run it describes used that key's
+    default, so it compares equal when ``new`` holds the default too.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        defaults = default if isinstance(default, dict) else {}
+        return all(
+            same_settings(old[k], new[k], defaults.get(k)) if k in old else new[k] == defaults.get(k)
+            for k in new
+        ) and set(old) <= set(new)
+    return old == new
+
+
 def seed_variant(config: IterateConfig, source: Path, data: tuple) -> None:
     """Start ``config.run_dir`` from ``source``'s base evaluations and iteration-0 collection."""
     target = Path(config.run_dir)
     if (target / MANIFEST).exists():
         return  # already seeded: resume
     old = load_manifest(source)
-    if old["config"]["collect"] != json.loads(json.dumps(config.to_dict()["collect"])):
-        raise SystemExit(f"--variant-of {source}: the collection settings differ; pass the same")
-    for key in ("model", "engine", "evaluate", "prompts"):
-        if old["config"][key] != config.to_dict()[key]:
+    ours = config.to_dict()
+    for key in ("collect", "model", "engine", "evaluate", "prompts"):
+        if not same_settings(old["config"][key], ours[key], default_config().to_dict()[key]):
             raise SystemExit(f"--variant-of {source}: '{key}' differs; pass the same settings")
     target.mkdir(parents=True, exist_ok=True)
     manifest = open_manifest(target, config, data[0], data[1], data[2])

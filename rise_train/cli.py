@@ -16,7 +16,13 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from rise.engine.config import EngineSettings
+from rise_train.build import BuildConfig
+from rise_train.collect import CollectConfig, TeacherConfig
 from rise_train.config import friendly_errors, parse_assignments, resolve
+from rise_train.evaluate import EvalConfig
+from rise_train.options import Options, with_options
+from rise_train.train_options import TrainOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -38,82 +44,61 @@ Limit = Annotated[int | None, Opt(help="Use at most this many problems.")]
 Offset = Annotated[int, Opt(help="Skip this many problems first.")]
 Shuffle = Annotated[bool, Opt(help="Shuffle the problems (seeded) before offset/limit.")]
 Quiet = Annotated[bool, Opt("--quiet", help="No progress bars.")]
-DataDir = Annotated[
-    Path | None,
-    Opt(help="Prepared models, engine caches [default: $RISE_DATA_DIR or ~/.cache/rise]."),
-]
-MaxModelLen = Annotated[int | None, Opt(help="Engine context window [default: 4096].")]
-KvCache = Annotated[float | None, Opt(help="CPU KV cache in GiB [default: 1.0].")]
-BlockSize = Annotated[int | None, Opt(help="KV block size, the prefix-cache unit.")]
-MaxSeqs = Annotated[int | None, Opt(help="Sequences the engine batches at once [default: 64].")]
-Turns = Annotated[int, Opt(help="Turns per trajectory (collection).")]
-Samples = Annotated[
-    str,
-    Opt(help="Policy candidates per turn, comma-separated, the last repeats (RISE: 1,16)."),
-]
-Temperature = Annotated[float, Opt(help="Sampling temperature.")]
-Temperatures = Annotated[
-    str, Opt("--temperature", help="Collection temperature per turn, comma-separated.")
-]
-KeepGoing = Annotated[
-    bool, Opt(help="Keep rolling out after a correct turn (the test-time condition).")
-]
-TopP = Annotated[float, Opt(help="Nucleus sampling top-p.")]
-MaxTokens = Annotated[int, Opt(help="Max new tokens per turn.")]
-WordRepeats = Annotated[int, Opt(help="Drop candidates repeating a word more often than this.")]
-Concurrency = Annotated[int, Opt(help="Problems in flight at once.")]
-Window = Annotated[int | None, Opt(help="Keep only the last k attempts in the prompt.")]
-TeacherUrl = Annotated[str | None, Opt(help="OpenAI-compatible teacher base URL (…/v1).")]
-TeacherModel = Annotated[str | None, Opt(help="Teacher model name.")]
-TeacherSamples = Annotated[int, Opt(help="Teacher candidates per turn.")]
-TeacherKey = Annotated[str | None, Opt(envvar="OPENAI_API_KEY", help="Teacher API key.")]
-Criteria = Annotated[
-    Literal["all", "better", "best", "success"], Opt(help="Which actions become examples.")
-]
-Weighting = Annotated[Literal["rwr", "awr", "uniform"], Opt(help="Example weights.")]
-Tau = Annotated[float, Opt(help="Temperature of exp(r/tau).")]
-Candidates = Annotated[bool, Opt(help="Train on every scored candidate, not only the chosen.")]
-Target = Annotated[
-    Literal["chosen", "dissimilar"],
-    Opt(help="Correction target: the chosen action, or the correct one least like the attempt."),
-]
-FirstTurn = Annotated[
-    Literal["full", "unit", "exclude"], Opt(help="Turn-1 targets: full weight | 1 | excluded.")
-]
-Bonus = Annotated[float, Opt(help="Progress bonus alpha: weight += alpha * (r_t - r_{t-1}).")]
-Pairs = Annotated[
-    Literal["none", "fix", "fix+keep"],
-    Opt(help="Preference pairs against copying a wrong attempt (and for keeping a right one)."),
-]
-PairWeight = Annotated[float, Opt(help="Weight of each preference pair.")]
-DedupTrajectory = Annotated[
-    bool, Opt(help="Drop corrections repeating an earlier action or wrong answer.")
-]
-Lr = Annotated[float | None, Opt(help="Peak learning rate [default: 1e-5].")]
-Epochs = Annotated[float | None, Opt(help="Epochs [default: 3].")]
-MaxSteps = Annotated[int | None, Opt(help="Stop after this many optimizer steps.")]
-Batch = Annotated[int | None, Opt(help="Rows per device per step [default: 4].")]
-Accum = Annotated[int | None, Opt(help="Gradient accumulation steps [default: 4].")]
-MaxLength = Annotated[int | None, Opt(help="Max tokens per example [default: 2048].")]
-Lora = Annotated[bool | None, Opt(help="Train a LoRA adapter (merged on save).")]
 TrainArgs = Annotated[
     list[str] | None,
     Opt("--train-arg", help="Any TrainConfig/TrainingArguments field as KEY=VALUE (repeat)."),
 ]
 
 
+# -- options generated from the library's configs (rise_train/options.py) ------------------------
+
+ENGINE = Options(
+    EngineSettings,
+    ("data_dir", "max_model_len", "kv_cache_gib", "block_size", "max_num_seqs"),
+    optional=True,
+)
+COLLECT = Options(
+    CollectConfig,
+    ("max_turns:turns", "samples", "temperatures:temperature", "top_p", "max_tokens",
+     "max_word_repeats", "concurrency", "context_window", "continue_after_correct"),
+)  # fmt: skip
+TEACHER = Options(
+    TeacherConfig,
+    ("base_url:teacher_url", "model:teacher_model", "samples:teacher_samples",
+     "api_key:teacher_api_key"),
+    optional=True,
+    envvars={"teacher_api_key": "OPENAI_API_KEY"},
+)  # fmt: skip
+BUILD = Options(
+    BuildConfig,
+    ("criteria", "weighting", "tau", "target", "first_turn", "progress_bonus", "pairs",
+     "pair_weight", "include_candidates", "dedup_trajectory"),
+)  # fmt: skip
+BUILD_FILES = Options(BuildConfig, ("dedup", "shuffle", "max_length", "tokenizer"))
+TRAIN = Options(
+    TrainOptions,
+    ("learning_rate", "num_train_epochs:epochs", "max_steps",
+     "per_device_train_batch_size:batch_size", "gradient_accumulation_steps:grad_accum",
+     "max_length", "lora"),
+    optional=True,  # given flags only: the rest stay TrainConfig's (or --train-arg's)
+)  # fmt: skip
+EVALUATE = Options(
+    EvalConfig,
+    ("max_turns:turns", "n_parallel:parallel", "repeats", "ablation", "temperature", "top_p",
+     "max_tokens", "context_window", "concurrency"),
+)  # fmt: skip
+ITERATE_EVALUATE = Options(
+    EvalConfig,
+    ("max_turns:eval_turns", "n_parallel:eval_parallel", "temperature:eval_temperature",
+     "repeats:eval_repeats", "ablation:eval_ablation", "top_p", "max_tokens", "context_window"),
+)  # fmt: skip
+
+
 # -- option namespaces → library configs ----------------------------------------------------------
 
 
-def _engine(o: SimpleNamespace) -> dict[str, Any]:
-    keys = ("data_dir", "max_model_len", "kv_cache_gib", "block_size", "max_num_seqs")
-    return {k: getattr(o, k) for k in keys if getattr(o, k, None) is not None}
-
-
-def _settings(model: str, o: SimpleNamespace, seed: int = 0) -> Any:
-    from rise.engine import EngineSettings
-
-    return EngineSettings(model=model, seed=seed, **_engine(o))
+def _settings(model: str, o: SimpleNamespace, seed: int = 0, options: Options = ENGINE) -> Any:
+    return EngineSettings(model=model, seed=seed, **options.values(o))
 
 
 def _problems(spec: str | None, flag: str, o: SimpleNamespace, limit: int | None) -> list:
@@ -126,52 +111,18 @@ def _problems(spec: str | None, flag: str, o: SimpleNamespace, limit: int | None
     return load_problems(spec, limit=limit, offset=o.offset, shuffle=o.shuffle, seed=o.seed)
 
 
-def _collect_config(o: SimpleNamespace, iteration: int = 0) -> Any:
-    from rise_train.collect import CollectConfig, TeacherConfig
-
+def _collect_config(o: SimpleNamespace, iteration: int = 0) -> CollectConfig:
     teacher = None
+    given = TEACHER.values(o)
     if o.teacher_url or o.teacher_model:
         if not (o.teacher_url and o.teacher_model):
             raise typer.BadParameter("a teacher needs both --teacher-url and --teacher-model")
-        teacher = TeacherConfig(
-            o.teacher_url, o.teacher_model, o.teacher_samples, o.teacher_api_key
-        )
-    from rise_train.collect import parse_schedule
-
-    try:
-        samples = parse_schedule(o.samples, int)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--samples") from None
-    try:
-        temperatures = parse_schedule(o.temperature, float)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--temperature") from None
-    return CollectConfig(
-        max_turns=o.turns, samples=samples, temperatures=temperatures, top_p=o.top_p,
-        max_tokens=o.max_tokens, max_word_repeats=o.max_word_repeats, concurrency=o.concurrency,
-        context_window=o.context_window, continue_after_correct=o.continue_after_correct,
-        seed=o.seed, iteration=iteration, teacher=teacher,
-    )  # fmt: skip
-
-
-def _build_config(o: SimpleNamespace, **extra: Any) -> Any:
-    from rise_train.build import BuildConfig
-
-    return BuildConfig(
-        criteria=o.criteria, weighting=o.weighting, tau=o.tau, target=o.target,
-        first_turn=o.first_turn, progress_bonus=o.progress_bonus, pairs=o.pairs,
-        pair_weight=o.pair_weight, include_candidates=o.include_candidates,
-        dedup_trajectory=o.dedup_trajectory, seed=o.seed, **extra,
-    )  # fmt: skip
+        teacher = TeacherConfig(**given)
+    return CollectConfig(**COLLECT.values(o), seed=o.seed, iteration=iteration, teacher=teacher)
 
 
 def _train_overrides(o: SimpleNamespace) -> dict[str, Any]:
-    flags = {
-        "learning_rate": o.learning_rate, "num_train_epochs": o.epochs, "max_steps": o.max_steps,
-        "per_device_train_batch_size": o.batch_size, "gradient_accumulation_steps": o.grad_accum,
-        "max_length": o.max_length, "lora": o.lora,
-    }  # fmt: skip
-    return {**{k: v for k, v in flags.items() if v is not None}, **parse_assignments(o.train_args)}
+    return {**TRAIN.values(o), **parse_assignments(o.train_args)}
 
 
 def _print_json(data: Any) -> None:
@@ -181,18 +132,23 @@ def _print_json(data: Any) -> None:
 # -- commands -------------------------------------------------------------------------------------
 
 
+DATA_DIR = Options(EngineSettings, ("data_dir",), optional=True)
+
+
 @app.command("prepare-model")
 @friendly_errors
-def prepare_model_cmd(model: Model = "default", data_dir: DataDir = None) -> None:
+@with_options(DATA_DIR)
+def prepare_model_cmd(model: Model = "default", **options: Any) -> None:
     """Make a local model folder (the bundled default is converted once) and print its path."""
     from rise.engine.models import prepare_model
 
-    settings = _settings(model, SimpleNamespace(data_dir=data_dir))
+    settings = _settings(model, SimpleNamespace(**options), options=DATA_DIR)
     typer.echo(prepare_model(settings.model, settings.data_dir))
 
 
 @app.command()
 @friendly_errors
+@with_options(COLLECT, Options(CollectConfig, ("iteration",)), TEACHER, ENGINE)
 def collect(
     ctx: typer.Context,
     data: Annotated[str | None, Opt(help=SPEC_HELP)] = None,
@@ -201,16 +157,8 @@ def collect(
     ),
     model: Model = "default",
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
-    turns: Turns = 2, samples: Samples = "1,16", temperature: Temperatures = "1.0",
-    top_p: TopP = 1.0, max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
-    concurrency: Concurrency = 64, context_window: Window = None,
-    continue_after_correct: KeepGoing = False,
-    iteration: Annotated[int, Opt(help="Iteration number written into the records.")] = 0,
-    teacher_url: TeacherUrl = None, teacher_model: TeacherModel = None,
-    teacher_samples: TeacherSamples = 1, teacher_api_key: TeacherKey = None,
-    data_dir: DataDir = None, max_model_len: MaxModelLen = None, kv_cache_gib: KvCache = None,
-    block_size: BlockSize = None, max_num_seqs: MaxSeqs = None,
     config: Config = None, quiet: Quiet = False,
+    **options: Any,
 ) -> None:  # fmt: skip
     """Roll out the model on problems, best-of-N (or teacher) per turn; write trajectories."""
     o = resolve(ctx)
@@ -233,20 +181,15 @@ def collect(
 
 @app.command()
 @friendly_errors
+@with_options(BUILD, BUILD_FILES)
 def build(
     ctx: typer.Context,
     trajectories: Annotated[list[Path] | None, Opt(help="Trajectory JSONL (repeat).")] = None,
     output: Annotated[Path, Opt(help="Examples JSONL.")] = Path("examples.jsonl"),
-    criteria: Criteria = "all", weighting: Weighting = "rwr", tau: Tau = 0.4,
-    target: Target = "chosen", first_turn: FirstTurn = "full", progress_bonus: Bonus = 0.0,
-    pairs: Pairs = "none", pair_weight: PairWeight = 1.0, include_candidates: Candidates = False,
-    dedup_trajectory: DedupTrajectory = True,
-    dedup: Annotated[bool, Opt(help="Drop repeated (prompt, target) pairs.")] = True,
-    shuffle: Annotated[bool, Opt(help="Shuffle the examples (seeded).")] = True,
-    seed: Seed = 0, max_length: MaxLength = 2048,
-    tokenizer: Annotated[str | None, Opt(help="Model folder for trajectories without ids.")] = None,
+    seed: Seed = 0,
     config: Config = None,
-) -> None:  # fmt: skip
+    **options: Any,
+) -> None:
     """Turn trajectories into reward-weighted training examples (and preference pairs)."""
     from rise_train.build import build as run_build
 
@@ -256,15 +199,14 @@ def build(
     for path in o.trajectories:
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--trajectories")
-    cfg = _build_config(
-        o, dedup=o.dedup, shuffle=o.shuffle, max_length=o.max_length, tokenizer=o.tokenizer
-    )
+    cfg = BuildConfig(**BUILD.values(o), **BUILD_FILES.values(o), seed=o.seed)
     stats = run_build(o.trajectories, o.output, cfg)
     _print_json(stats.to_dict())  # its "composition" is the data composition
 
 
 @app.command()
 @friendly_errors
+@with_options(TRAIN, DATA_DIR)
 def train(
     ctx: typer.Context,
     examples: Annotated[Path | None, Opt(help="Examples JSONL from `build`.")] = None,
@@ -272,11 +214,11 @@ def train(
     output_dir: Annotated[Path, Opt(help="Where the trained model is saved.")] = Path(
         "runs/rise-model"
     ),
-    learning_rate: Lr = None, epochs: Epochs = None, max_steps: MaxSteps = None,
-    batch_size: Batch = None, grad_accum: Accum = None, max_length: MaxLength = None,
-    lora: Lora = None, seed: Seed = 0, train_args: TrainArgs = None,
-    data_dir: DataDir = None, config: Config = None,
-) -> None:  # fmt: skip
+    seed: Seed = 0,
+    train_args: TrainArgs = None,
+    config: Config = None,
+    **options: Any,
+) -> None:
     """Reward-weighted SFT on built examples; saves a plain Hugging Face model folder."""
     o = resolve(ctx)
     if o.examples is None or not Path(o.examples).is_file():
@@ -285,7 +227,7 @@ def train(
     from rise.engine.models import prepare_model
     from rise_train.train import TrainConfig, fit
 
-    settings = _settings(o.model, o)
+    settings = _settings(o.model, o, options=DATA_DIR)
     base = prepare_model(settings.model, settings.data_dir)
     cfg = TrainConfig(
         output_dir=str(o.output_dir), model_name_or_path=str(base), examples=str(o.examples),
@@ -346,16 +288,17 @@ def _compare_reports(paths: list[Path] | None, data: str, several: bool) -> list
 
 @app.command()
 @friendly_errors
+@with_options(EVALUATE, ENGINE)
 def evaluate(
     ctx: typer.Context,
     data: Annotated[
         list[str] | None, Opt(help=SPEC_HELP + " Repeat for several held-out sets.")
     ] = None,
     data_name: Annotated[
-        list[str] | None, Opt(help="Name per --data (subfolder, table) [default: file stem].")
+        list[str] | None, Opt(help="Name per --data (subfolder, table; default: file stem).")
     ] = None,
     grader: Annotated[
-        GraderName | None, Opt(help="Grade every problem with this grader [default: the data's].")
+        GraderName | None, Opt(help="Grade every problem with this grader (default: the data's).")
     ] = None,
     model: Model = "default",
     output_dir: Annotated[
@@ -366,31 +309,18 @@ def evaluate(
         list[Path] | None, Opt(help="Other evaluation folders/report.json to plot beside.")
     ] = None,
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
-    turns: Annotated[int, Opt(help="Sequential turns N (m1@tN, p1@tN).")] = 5,
-    parallel: Annotated[int, Opt(help="Parallel first-turn samples P (mP@t1).")] = 5,
-    repeats: Annotated[int, Opt(help="Evaluation seeds: samples of every problem.")] = 1,
-    ablation: Annotated[
-        bool, Opt(help="Turn 2 after the own / a foreign / no wrong attempt.")
-    ] = False,
-    temperature: Temperature = 1.0, top_p: TopP = 1.0, max_tokens: MaxTokens = 512,
-    context_window: Window = None, concurrency: Concurrency = 256,
-    data_dir: DataDir = None, max_model_len: MaxModelLen = None, kv_cache_gib: KvCache = None,
-    block_size: BlockSize = None, max_num_seqs: MaxSeqs = None,
     config: Config = None, quiet: Quiet = False,
+    **options: Any,
 ) -> None:  # fmt: skip
     """m1@t1, m5@t1, m1@tN, p1@tN, flips, copy selectivity, exploration (95% CIs); JSON + plots."""
     from rise_train import report as rp
-    from rise_train.evaluate import EvalConfig, run_evaluation
+    from rise_train.evaluate import run_evaluation
     from rise_train.metrics import paired_comparison
 
     o = resolve(ctx)
     sets = _eval_sets(o)
     several = len(sets) > 1
-    cfg = EvalConfig(
-        max_turns=o.turns, n_parallel=o.parallel, temperature=o.temperature, top_p=o.top_p,
-        max_tokens=o.max_tokens, context_window=o.context_window, seed=o.seed,
-        concurrency=o.concurrency, repeats=o.repeats, ablation=o.ablation,
-    )  # fmt: skip
+    cfg = EvalConfig(**EVALUATE.values(o), seed=o.seed)
     settings = _settings(o.model, o, o.seed)
     name = o.label or Path(o.model).name
     others = {data: _compare_reports(o.compare, data, several) for data, _ in sets}
@@ -436,10 +366,18 @@ def evaluate(
 
 @app.command()
 @friendly_errors
+@with_options(COLLECT, TEACHER, BUILD, TRAIN, ITERATE_EVALUATE, ENGINE)
 def iterate(
     ctx: typer.Context,
     train_data: Annotated[str | None, Opt(help="Training problems. " + SPEC_HELP)] = None,
-    eval_data: Annotated[str | None, Opt(help="Held-out problems (else split from train).")] = None,
+    eval_data: Annotated[
+        list[str] | None,
+        Opt(help="Held-out problems (else split from train); repeat for extra held-out sets."),
+    ] = None,
+    eval_name: Annotated[
+        list[str] | None,
+        Opt(help="Names of the extra held-out sets (the 2nd, 3rd --eval-data; default: stem)."),
+    ] = None,
     heldout: Annotated[float, Opt(help="No --eval-data: held-out fraction (<1) or count.")] = 0.1,
     train_limit: Limit = None,
     eval_limit: Annotated[int | None, Opt(help="Use at most this many eval problems.")] = None,
@@ -447,54 +385,45 @@ def iterate(
     iterations: Annotated[int, Opt(help="RISE iterations K.")] = 1,
     run_dir: Annotated[Path, Opt(help="Run directory (resumed if it exists).")] = Path("runs/rise"),
     model: Model = "default",
-    turns: Turns = 2, samples: Samples = "1,16", temperature: Temperatures = "1.0",
-    top_p: TopP = 1.0, max_tokens: MaxTokens = 512, max_word_repeats: WordRepeats = 150,
-    concurrency: Concurrency = 64, context_window: Window = None,
-    continue_after_correct: KeepGoing = False,
-    teacher_url: TeacherUrl = None, teacher_model: TeacherModel = None,
-    teacher_samples: TeacherSamples = 1, teacher_api_key: TeacherKey = None,
-    criteria: Criteria = "all", weighting: Weighting = "rwr", tau: Tau = 0.4,
-    target: Target = "chosen", first_turn: FirstTurn = "full", progress_bonus: Bonus = 0.0,
-    pairs: Pairs = "none", pair_weight: PairWeight = 1.0, include_candidates: Candidates = False,
-    dedup_trajectory: DedupTrajectory = True,
-    learning_rate: Lr = None, epochs: Epochs = None, max_steps: MaxSteps = None,
-    batch_size: Batch = None, grad_accum: Accum = None, max_length: MaxLength = None,
-    lora: Lora = None, train_args: TrainArgs = None,
-    eval_turns: Annotated[int, Opt(help="Evaluation turns N.")] = 5,
-    eval_parallel: Annotated[int, Opt(help="Parallel first-turn samples P.")] = 5,
-    eval_temperature: Annotated[float, Opt(help="Evaluation temperature.")] = 1.0,
+    train_args: TrainArgs = None,
     eval_base: Annotated[bool, Opt(help="Evaluate the base model too.")] = True,
-    data_dir: DataDir = None, max_model_len: MaxModelLen = None, kv_cache_gib: KvCache = None,
-    block_size: BlockSize = None, max_num_seqs: MaxSeqs = None,
     config: Config = None, quiet: Quiet = False,
+    **options: Any,
 ) -> None:  # fmt: skip
     """Run K RISE iterations: collect → build → train → evaluate, with a manifest."""
     from rise_train.datasets import split_problems
-    from rise_train.evaluate import EvalConfig
     from rise_train.iterate import DataSet, IterateConfig, format_run, run, spec_files
 
     o = resolve(ctx)
+    specs = [o.eval_data] if isinstance(o.eval_data, str) else list(o.eval_data or [])
+    extra_names = list(o.eval_name or []) or [_data_name(s) for s in specs[1:]]
+    if len(extra_names) != len(specs[1:]):
+        raise typer.BadParameter(
+            "give one name per extra --eval-data (the 2nd, 3rd, ...)", param_hint="--eval-name"
+        )
     train_problems = _problems(o.train_data, "--train-data", o, o.train_limit)
-    if o.eval_data:
-        eval_problems = _problems(o.eval_data, "--eval-data", o, o.eval_limit)
+    if specs:
+        eval_problems = _problems(specs[0], "--eval-data", o, o.eval_limit)
     else:
         count = o.heldout if o.heldout < 1 else int(o.heldout)
         train_problems, eval_problems = split_problems(train_problems, count, seed=o.seed)
         eval_problems = eval_problems[: o.eval_limit]
+    extra = [
+        DataSet(_problems(spec, "--eval-data", o, o.eval_limit), spec, spec_files(spec), name)
+        for name, spec in zip(extra_names, specs[1:], strict=True)
+    ]
     cfg = IterateConfig(
-        run_dir=str(o.run_dir), model=o.model, iterations=o.iterations, engine=_engine(o),
-        collect=_collect_config(o), build=_build_config(o), train=_train_overrides(o),
-        evaluate=EvalConfig(
-            max_turns=o.eval_turns, n_parallel=o.eval_parallel, temperature=o.eval_temperature,
-            top_p=o.top_p, max_tokens=o.max_tokens, context_window=o.context_window, seed=o.seed,
-        ),
+        run_dir=str(o.run_dir), model=o.model, iterations=o.iterations, engine=ENGINE.values(o),
+        collect=_collect_config(o), build=BuildConfig(**BUILD.values(o), seed=o.seed),
+        train=_train_overrides(o), evaluate=EvalConfig(**ITERATE_EVALUATE.values(o), seed=o.seed),
         evaluate_base=o.eval_base, progress=not o.quiet,
     )  # fmt: skip
-    eval_spec = o.eval_data or f"{o.train_data} (held out)"
+    eval_spec = specs[0] if specs else f"{o.train_data} (held out)"
     manifest = run(
         cfg,
         DataSet(train_problems, o.train_data, spec_files(o.train_data)),
-        DataSet(eval_problems, eval_spec, spec_files(o.eval_data or o.train_data)),
+        DataSet(eval_problems, eval_spec, spec_files(specs[0] if specs else o.train_data)),
+        extra,
     )
     typer.echo(format_run(manifest))
     typer.echo(f"run: {o.run_dir}")

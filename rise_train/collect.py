@@ -38,6 +38,7 @@ from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
 from rise.episode import Episode, Outcome, Turn
 from rise.loop import TurnLoop, new_episode
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer, PromptConfig
 from rise_train.datasets import Problem
 from rise_train.records import (
@@ -59,10 +60,15 @@ logger = logging.getLogger(__name__)
 class TeacherConfig:
     """A stronger model behind an OpenAI-compatible chat endpoint (the paper's distillation)."""
 
-    base_url: str
-    model: str
-    samples: int = 1  # teacher candidates per turn (the paper used best of 1-5)
-    api_key: str | None = None  # None: $OPENAI_API_KEY, else a placeholder for open servers
+    base_url: str = field(metadata={"help": "OpenAI-compatible teacher base URL (.../v1)."})
+    model: str = field(metadata={"help": "Teacher model name."})
+    samples: int = field(
+        default=1, metadata={"help": "Teacher candidates per turn (the paper: best of 1-5)."}
+    )
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "Teacher API key (default: $OPENAI_API_KEY, else a placeholder)."},
+    )
     timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -86,19 +92,38 @@ class CollectConfig:
     data would mostly teach "answer, then repeat" (behavior collapse).
     """
 
-    max_turns: int = 2  # the paper's training rollouts
-    samples: tuple[int, ...] = (1, 16)  # policy candidates per turn (RISE: 1, then 16)
-    temperatures: tuple[float, ...] = (1.0,)  # per turn (RISE: 1.0)
-    top_p: float = 1.0
-    max_tokens: int = 512
-    max_word_repeats: int = 150  # a candidate repeating one word more often is degenerate
-    concurrency: int = 64  # problems in flight at once
-    context_window: int | None = None  # None: the state holds every earlier attempt
+    max_turns: int = field(default=2, metadata={"help": "Turns per trajectory (the paper's: 2)."})
+    samples: tuple[int, ...] = field(
+        default=(1, 16),
+        metadata={
+            "help": "Policy candidates per turn, comma-separated, the last repeats (RISE: 1,16)."
+        },
+    )
+    temperatures: tuple[float, ...] = field(
+        default=(1.0,),
+        metadata={"help": "Sampling temperature per turn, comma-separated (RISE: 1.0)."},
+    )
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    max_tokens: int = field(default=512, metadata={"help": "Max new tokens per turn."})
+    max_word_repeats: int = field(
+        default=150,
+        metadata={"help": "Drop a candidate repeating one word more often than this (degenerate)."},
+    )
+    concurrency: int = field(default=64, metadata={"help": "Problems in flight at once."})
+    context_window: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the last k attempts in the prompt (default: every attempt)."},
+    )
     # RISE stops a rollout at the first correct action (an oracle the model lacks at test
     # time). Going on lets the data show what to do after a right answer: keep it.
-    continue_after_correct: bool = False
-    seed: int = 0
-    iteration: int = 0
+    continue_after_correct: bool = field(
+        default=False,
+        metadata={"help": "Keep rolling out after a correct turn (the test-time condition)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the engine's sampling."})
+    iteration: int = field(
+        default=0, metadata={"help": "Iteration number written into the records."}
+    )
     teacher: TeacherConfig | None = None
 
     def __post_init__(self) -> None:
@@ -115,6 +140,16 @@ class CollectConfig:
             raise ValueError("samples must be >= 1 at every turn (or >= 0 with a teacher)")
         if min(self.temperatures) < 0:
             raise ValueError("temperatures must be >= 0")
+
+    def plan(self, turn: int) -> RequestPlan:
+        """The request plan of one turn's candidates (the serving plan; seeds per candidate)."""
+        return RequestPlan(
+            max_turns=self.max_turns,
+            context_window=self.context_window,
+            temperature=self.temperature_at(turn),
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+        )
 
     def samples_at(self, turn: int) -> int:
         return int(per_turn(self.samples, turn))
@@ -217,7 +252,7 @@ class Collector:
     def sampling(self, problem_id: str, turn: int, candidate: int) -> SamplingConfig:
         c = self.config
         seed = derive_seed(c.seed, c.iteration, problem_id, turn, candidate)
-        return SamplingConfig(c.temperature_at(turn), c.top_p, c.max_tokens, seed=seed)
+        return c.plan(turn).updated(seed=seed).sampling()
 
     async def candidates(self, problem: Problem, episode: Episode) -> list[tuple[Turn, str]]:
         """Every candidate action for the episode's next state: policy first, then teacher.

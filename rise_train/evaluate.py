@@ -28,9 +28,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rise.answers import get_grader
-from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
+from rise.engine.base import Engine, PromptTooLongError, derive_seed
 from rise.episode import Episode, Turn
-from rise.loop import LoopConfig, LoopEvent, TurnEvent, TurnLoop, new_episode
+from rise.loop import LoopEvent, TurnEvent, TurnLoop, new_episode
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer, PromptConfig
 from rise_train.datasets import Problem
 from rise_train.metrics import AblationCase, compute_metrics, problem_id, turn_is_correct
@@ -41,16 +42,41 @@ from rise_train.stats import BOOTSTRAP_CI, WILSON_CI
 class EvalConfig:
     """How the evaluation samples (docs/RISE.md §5–§6)."""
 
-    max_turns: int = 5
-    n_parallel: int = 5  # first-turn samples for the mP@t1 baseline (1 = leave it out)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 512
-    context_window: int | None = None  # the paper's sliding window (k = 2) is an option
-    seed: int = 0
-    concurrency: int = 256  # problems in flight
-    repeats: int = 1  # evaluation seeds: every problem is sampled this many times
-    ablation: bool = False  # the turn-2 context ablation (own / foreign / no attempt)
+    max_turns: int = field(default=5, metadata={"help": "Sequential turns N (m1@tN, p1@tN)."})
+    n_parallel: int = field(
+        default=5, metadata={"help": "Parallel first-turn samples P (mP@t1; 1 leaves it out)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling top-p."})
+    max_tokens: int = field(default=512, metadata={"help": "Max new tokens per turn."})
+    context_window: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the last k attempts (the paper's window: 2; default: all)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of every request's sampling."})
+    concurrency: int = field(default=256, metadata={"help": "Problems in flight at once."})
+    repeats: int = field(
+        default=1, metadata={"help": "Evaluation seeds: samples of every problem."}
+    )
+    ablation: bool = field(
+        default=False,
+        metadata={"help": "Turn-2 context ablation: own / a foreign / no wrong attempt."},
+    )
+
+    def plan(self) -> RequestPlan:
+        """The sequential episodes' request plan: N turns, no oracle, no early stop, vote.
+
+        The serving plan, so an evaluated episode runs exactly as ``POST /solve`` would run it
+        with these settings; each problem and repeat gets its own seed.
+        """
+        return RequestPlan(
+            max_turns=self.max_turns,
+            mode="vote",
+            context_window=self.context_window,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+        )
 
     def __post_init__(self) -> None:
         if min(self.max_turns, self.n_parallel, self.concurrency, self.repeats) < 1:
@@ -101,10 +127,11 @@ async def run_evaluation(
     )
     start = time.perf_counter()
 
-    def sampling(problem: Problem, repeat: int, *parts: object) -> SamplingConfig:
+    plan = config.plan()
+
+    def seeded(problem: Problem, repeat: int, *parts: object) -> RequestPlan:
         salt = () if repeat == 0 else ("repeat", repeat)
-        seed = derive_seed(config.seed, "eval", problem.id, *parts, *salt)
-        return SamplingConfig(config.temperature, config.top_p, config.max_tokens, seed=seed)
+        return plan.updated(seed=derive_seed(config.seed, "eval", problem.id, *parts, *salt))
 
     def fresh(problem: Problem, repeat: int) -> Episode:
         episode = new_episode(
@@ -124,18 +151,15 @@ async def run_evaluation(
         # The service's loop with no oracle and no early stop: N turns, or fewer when the
         # prompt outgrows the context; seeds derive from the problem's (seed, turn).
         episode = fresh(problem, repeat)
-        turns = LoopConfig(
-            max_turns=config.max_turns,
-            context_window=config.context_window,
-            sampling=sampling(problem, repeat, 0, 0),
-            stream_tokens=False,
-        )
+        turns = seeded(problem, repeat, 0, 0).loop_config(stream_tokens=False)
         await loop.run_episode(episode, turns, count_turns)
         bar.update(config.max_turns - len(episode.turns))  # the turns a full context cut off
         return episode
 
     async def parallel(problem: Problem, repeat: int, sample: int) -> Turn:
-        turn = await loop.take_turn(fresh(problem, repeat), sampling(problem, repeat, 0, sample))
+        turn = await loop.take_turn(
+            fresh(problem, repeat), seeded(problem, repeat, 0, sample).sampling()
+        )
         bar.update(1)
         return turn
 
@@ -151,7 +175,7 @@ async def run_evaluation(
         problem, repeat = by_id[problem_id(episode)], episode.metadata["repeat"]
         async with gate:
             none = loop.take_turn(
-                fresh(problem, repeat), sampling(problem, repeat, "ablation", "none")
+                fresh(problem, repeat), seeded(problem, repeat, "ablation", "none").sampling()
             )
             if other is None:
                 case = AblationCase(episode, None, await none)
@@ -164,7 +188,7 @@ async def run_evaluation(
                 none,
                 loop.take_turn(
                     foreign,
-                    sampling(problem, repeat, "ablation", "foreign"),
+                    seeded(problem, repeat, "ablation", "foreign").sampling(),
                     window=config.context_window,
                 ),
                 return_exceptions=True,

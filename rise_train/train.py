@@ -29,7 +29,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -40,6 +40,7 @@ from transformers import Trainer, TrainingArguments
 from rise_train.build import truncate_left
 from rise_train.losses import rise_loss, sequence_logps, weighted_nll
 from rise_train.records import IGNORE_INDEX, PreferencePair, TrainingRow, read_rows, row_from_dict
+from rise_train.train_options import TrainOptions
 
 __all__ = [
     "ExampleDataset",
@@ -356,84 +357,13 @@ def _gathered_if_zero3(model: torch.nn.Module) -> Any:
 
 
 @dataclass
-class TrainConfig(TrainingArguments):
-    """``TrainingArguments`` with RISE's defaults and fields; each field is a CLI flag."""
+class TrainConfig(TrainOptions, TrainingArguments):
+    """``TrainingArguments`` with RISE's defaults and fields (:class:`TrainOptions`).
 
-    # Parent defaults changed to the public RISE code's (docs/RISE.md §4). Effective batch 64 =
-    # per-device 4 × accumulation 4 × 4 GPUs; raise the accumulation on fewer GPUs.
-    output_dir: str | None = field(
-        default="runs/rise-model", metadata={"help": "Checkpoints and the final model go here."}
-    )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
-    warmup_steps: float = field(
-        default=0.04, metadata={"help": "Warm-up: steps, or a fraction of all steps if < 1."}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Rows per device."})
-    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Accumulated batches."})
-    logging_steps: float = field(default=1, metadata={"help": "Log the loss every N steps."})
-    report_to: str | list[str] | None = field(
-        default="none", metadata={"help": "Experiment trackers (none by default)."}
-    )
-    train_sampling_strategy: str = field(
-        default="group_by_length",
-        metadata={"help": "random | sequential | group_by_length (less padding)."},
-    )
-    remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Kept off: the collator picks the columns."}
-    )
-
-    # RISE fields.
-    model_name_or_path: str = field(
-        default="", metadata={"help": "Base model: a Hugging Face folder or hub name."}
-    )
-    examples: str = field(default="", metadata={"help": "Examples JSONL written by `build`."})
-    max_length: int | None = field(
-        default=2048, metadata={"help": "Max tokens per row; the context is cut from the left."}
-    )
-    precision: str = field(
-        default="auto",
-        metadata={"help": "auto (bf16 on a bf16 GPU, else fp32) | bf16 | fp16 | fp32."},
-    )
-    save_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "dtype of the saved model: auto (the base model's) | bfloat16 | float32."
-        },
-    )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager | sdpa | flash_attention_2 (default: the model's)."}
-    )
-    lora: bool = field(default=False, metadata={"help": "Train a LoRA adapter (peft)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
-        default="all-linear", metadata={"help": "all-linear, or comma-separated module names."}
-    )
-    merge_lora: bool = field(
-        default=True, metadata={"help": "Merge the adapter into the base weights before saving."}
-    )
-
-    # Preference pairs (rows of kind "pair"): the copy-as-negative loss, rise_train/losses.py.
-    pref_beta: float = field(
-        default=0.1,
-        metadata={
-            "help": "DPO beta on preference pairs: the scale of the implicit reward "
-            "beta * log(policy / reference); smaller lets the policy move further."
-        },
-    )
-    pref_coef: float = field(
-        default=1.0, metadata={"help": "Weight of the DPO term in a pair's loss."}
-    )
-    pref_nll_coef: float = field(
-        default=1.0,
-        metadata={
-            "help": "Weight of the mean-token NLL of the chosen response in a pair's loss "
-            "(the RPO regulariser; 0 gives plain DPO)."
-        },
-    )
+    The dataclass machinery merges fields base by base, last base first, so a field that
+    :class:`TrainOptions` declares replaces the ``TrainingArguments`` field of that name:
+    RISE's defaults and help texts exist once, in a module light enough for ``--help``.
+    """
 
     def __post_init__(self) -> None:
         if not self.model_name_or_path:
