@@ -54,6 +54,19 @@ def _rule(title: str) -> str:
     return f"── {title} " + "─" * max(0, 60 - len(title))
 
 
+# The prompt-file options, shared with ``python -m rise_train`` (one help text).
+PromptsOption = Annotated[
+    Path | None,
+    typer.Option(help="Prompt file (JSON/YAML); default: the model folder's, else the paper's."),
+]
+PromptsOverrideOption = Annotated[
+    bool,
+    typer.Option(
+        "--prompts-override", help="Use --prompts even where the checkpoint's prompts differ."
+    ),
+]
+
+
 @app.command()
 def solve(
     question: Annotated[str, typer.Argument(help="The problem to solve.")],
@@ -79,18 +92,8 @@ def solve(
         str | None, typer.Option(help="Model folder or Hugging Face id (default: bundled).")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Model cache folder.")] = None,
-    prompts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Prompt file (JSON/YAML); default: the model folder's, else the paper's."
-        ),
-    ] = None,
-    prompts_override: Annotated[
-        bool,
-        typer.Option(
-            "--prompts-override", help="Use --prompts even where the checkpoint's prompts differ."
-        ),
-    ] = False,
+    prompts: PromptsOption = None,
+    prompts_override: PromptsOverrideOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the episode as JSON.")] = False,
 ) -> None:
     """Solve one problem over several turns and show every turn, its answer and the vote."""

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from rise.cli import PromptsOption, PromptsOverrideOption
 from rise.engine.config import EngineSettings
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig, TeacherConfig
@@ -101,6 +102,26 @@ def _settings(model: str, o: SimpleNamespace, seed: int = 0, options: Options = 
     return EngineSettings(model=model, seed=seed, **options.values(o))
 
 
+def _prompts(o: SimpleNamespace, settings: Any) -> Any:
+    """The prompts to run the model with: ``--prompts``, else the checkpoint's, else the paper's.
+
+    A checkpoint trained by ``rise_train`` carries its prompt file; collecting from or
+    evaluating it with other prompts needs ``--prompts-override`` (train/serve parity).
+    """
+    from rise.prompt_file import local_model_dir, resolve_prompts
+
+    try:
+        active = resolve_prompts(
+            o.prompts,
+            local_model_dir(str(settings.model), settings.data_dir),
+            override=o.prompts_override,
+        )
+    except (OSError, ValueError) as error:
+        raise typer.BadParameter(str(error), param_hint="--prompts") from None
+    typer.echo(active.describe(), err=True)
+    return active.prompts
+
+
 def _problems(spec: str | None, flag: str, o: SimpleNamespace, limit: int | None) -> list:
     from rise_train.datasets import load_problems
 
@@ -157,6 +178,7 @@ def collect(
     ),
     model: Model = "default",
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
+    prompts: PromptsOption = None, prompts_override: PromptsOverrideOption = False,
     config: Config = None, quiet: Quiet = False,
     **options: Any,
 ) -> None:  # fmt: skip
@@ -165,14 +187,19 @@ def collect(
     problems = _problems(o.data, "--data", o, o.limit)
     cfg = _collect_config(o, o.iteration)
     settings = _settings(o.model, o, o.seed)
+    prompts = _prompts(o, settings)
 
     async def go() -> Any:
         from rise.engine import build_engine
+        from rise.prompts import ChatRenderer
         from rise_train.collect import collect as run_collect
 
         engine = build_engine(settings)
         try:
-            return await run_collect(engine, problems, o.output, cfg, progress=not o.quiet)
+            renderer = ChatRenderer(engine.tokenizer, prompts)
+            return await run_collect(
+                engine, problems, o.output, cfg, renderer=renderer, progress=not o.quiet
+            )
         finally:
             await engine.close()
 
@@ -309,6 +336,7 @@ def evaluate(
         list[Path] | None, Opt(help="Other evaluation folders/report.json to plot beside.")
     ] = None,
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
+    prompts: PromptsOption = None, prompts_override: PromptsOverrideOption = False,
     config: Config = None, quiet: Quiet = False,
     **options: Any,
 ) -> None:  # fmt: skip
@@ -322,6 +350,7 @@ def evaluate(
     several = len(sets) > 1
     cfg = EvalConfig(**EVALUATE.values(o), seed=o.seed)
     settings = _settings(o.model, o, o.seed)
+    prompts = _prompts(o, settings)
     name = o.label or Path(o.model).name
     others = {data: _compare_reports(o.compare, data, several) for data, _ in sets}
 
@@ -350,12 +379,14 @@ def evaluate(
 
     async def go() -> None:
         from rise.engine import build_engine
+        from rise.prompts import ChatRenderer
 
         engine = build_engine(settings)
         try:
+            renderer = ChatRenderer(engine.tokenizer, prompts)
             for data, problems in sets:
                 write(data, await run_evaluation(
-                    engine, problems, cfg, label=name, progress=not o.quiet
+                    engine, problems, cfg, label=name, renderer=renderer, progress=not o.quiet
                 ))  # fmt: skip
         finally:
             await engine.close()
@@ -387,6 +418,7 @@ def iterate(
     model: Model = "default",
     train_args: TrainArgs = None,
     eval_base: Annotated[bool, Opt(help="Evaluate the base model too.")] = True,
+    prompts: PromptsOption = None, prompts_override: PromptsOverrideOption = False,
     config: Config = None, quiet: Quiet = False,
     **options: Any,
 ) -> None:  # fmt: skip
@@ -417,6 +449,7 @@ def iterate(
         collect=_collect_config(o), build=BuildConfig(**BUILD.values(o), seed=o.seed),
         train=_train_overrides(o), evaluate=EvalConfig(**ITERATE_EVALUATE.values(o), seed=o.seed),
         evaluate_base=o.eval_base, progress=not o.quiet,
+        prompts=_prompts(o, _settings(o.model, o, o.seed)),
     )  # fmt: skip
     eval_spec = specs[0] if specs else f"{o.train_data} (held out)"
     manifest = run(

@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from rise.engine.config import EngineSettings
+from rise.prompts import PromptConfig
 from rise_train import cli
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig
@@ -106,22 +107,30 @@ def problems_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_collect_options_reach_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class NoEngine:
+    """Stands in for the engine where a test only looks at the configs a command builds."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    async def close(self) -> None: ...
+
+
+def test_collect_options_reach_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tokenizer: Any
+) -> None:
     import rise.engine
     import rise_train.collect
 
     seen: dict[str, Any] = {}
 
-    class NoEngine:
-        async def close(self) -> None: ...
-
-    async def fake_collect(engine, problems, output, config, progress):
-        seen.update(config=config, problems=problems)
+    async def fake_collect(engine, problems, output, config, renderer, progress):
+        seen.update(config=config, problems=problems, prompts=renderer.prompts)
         return rise_train.collect.CollectStats()
 
     def fake_engine(settings: EngineSettings) -> NoEngine:
         seen["settings"] = settings
-        return NoEngine()
+        return NoEngine(tiny_tokenizer)
 
     monkeypatch.setattr(rise.engine, "build_engine", fake_engine)
     monkeypatch.setattr(rise_train.collect, "collect", fake_collect)
@@ -143,6 +152,41 @@ def test_collect_options_reach_the_config(tmp_path: Path, monkeypatch: pytest.Mo
     assert config.top_p == CollectConfig().top_p  # not given: the config's default
     assert seen["settings"].max_model_len == 1024
     assert seen["settings"].kv_cache_gib == EngineSettings().kv_cache_gib
+    assert seen["prompts"] == PromptConfig()  # no --prompts, no checkpoint file: the paper's
+
+
+def test_collect_uses_the_checkpoint_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_tokenizer: Any
+) -> None:
+    """A checkpoint's prompt file is what collection runs with; another file needs the override."""
+    import rise.engine
+    import rise_train.collect
+    from rise.prompt_file import write_prompts
+
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    trained = PromptConfig(introspection="Check again. {question}")
+    write_prompts(trained, checkpoint)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"introspection": "Once more: {question}"}))
+    seen: dict[str, Any] = {}
+
+    async def fake_collect(engine, problems, output, config, renderer, progress):
+        seen["prompts"] = renderer.prompts
+        return rise_train.collect.CollectStats()
+
+    monkeypatch.setattr(rise.engine, "build_engine", lambda settings: NoEngine(tiny_tokenizer))
+    monkeypatch.setattr(rise_train.collect, "collect", fake_collect)
+    base = ["collect", "--data", str(problems_file(tmp_path)), "--model", str(checkpoint)]
+    result = runner.invoke(cli.app, [*base, "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert seen["prompts"] == trained
+    result = runner.invoke(cli.app, [*base, "--prompts", str(other)])
+    output = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2 and "--prompts" in output and "differs" in output, result.output
+    result = runner.invoke(cli.app, [*base, "--prompts", str(other), "--prompts-override"])
+    assert result.exit_code == 0, result.output
+    assert seen["prompts"].introspection == "Once more: {question}"
 
 
 def test_a_bad_schedule_names_its_flag(tmp_path: Path) -> None:
