@@ -70,6 +70,15 @@ class StrictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+def on_request(description: str) -> Any:
+    """A response field sent only when asked for: left out of the JSON while it is ``None``."""
+    return Field(None, description=description, exclude_if=_is_none)
+
+
 class TurnPublic(BaseModel):
     index: int
     text: str
@@ -81,6 +90,12 @@ class TurnPublic(BaseModel):
     cached_tokens: int
     latency_s: float
     first_token_s: float | None
+    prompt_token_ids: list[int] | None = on_request(
+        "With return_token_ids: the exact prompt this turn sent to the engine."
+    )
+    token_ids: list[int] | None = on_request(
+        "With return_token_ids: the exact tokens this turn generated."
+    )
 
 
 class VotePublic(BaseModel):
@@ -121,8 +136,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def turn_public(turn: Turn) -> TurnPublic:
-    """A turn as clients see it; token ids stay on the server (the next turn continues them)."""
+def turn_public(turn: Turn, token_ids: bool = False) -> TurnPublic:
+    """A turn as clients see it; its token ids only when asked for (``return_token_ids``).
+
+    Token ids let a client use the service as a rollout server (vLLM's ``return_token_ids``):
+    the prompt and output ids are exactly what the engine saw and produced.
+    """
     return TurnPublic(
         index=turn.index,
         text=turn.text,
@@ -134,6 +153,8 @@ def turn_public(turn: Turn) -> TurnPublic:
         cached_tokens=turn.cached_tokens,
         latency_s=round(turn.latency_s, 6),
         first_token_s=None if turn.first_token_s is None else round(turn.first_token_s, 6),
+        prompt_token_ids=list(turn.prompt_ids) if token_ids else None,
+        token_ids=list(turn.output_ids) if token_ids else None,
     )
 
 

@@ -9,11 +9,24 @@ is the response of the turn :func:`rise.voting.final_answer` chose, and every tu
 choice's ``rise`` field. Sampling options left unset take the service's defaults, the same as
 ``/solve``'s (512 tokens per turn, at most ``RISE_MAX_TOKENS``).
 
-Streaming follows OpenAI's chunk format: a role chunk per choice, content deltas, a finish
-chunk, an optional usage chunk (``stream_options.include_usage``) and ``data: [DONE]``. With one
-turn the content streams token by token; with more, the chosen turn is only known at the end,
-so each turn end is a progress chunk (empty delta, the turn in ``rise``) and the chosen
-response follows as one delta.
+With more than one turn, the turns are the model's visible thinking: they stream live as
+``delta.reasoning_content`` (the field vLLM uses for reasoning models, which chat UIs such as
+Open WebUI show as a collapsible "thinking" block), each labelled ``**Turn k**`` and, from turn
+2 on, preceded by the introspection prompt the model was given (quoted); a non-streamed
+response carries the same text in ``message.reasoning_content``. The chosen turn's response is
+the ``content``. With one turn it is a plain chat model: no reasoning, content only.
+
+Streaming follows OpenAI's chunk format: a role chunk per choice, then reasoning and content
+deltas, a finish chunk, an optional usage chunk (``stream_options.include_usage``) and
+``data: [DONE]``. Each turn's end is also a progress chunk (empty delta, the turn in ``rise``);
+the chosen response is known only once all turns are done, so it follows as one delta.
+
+``return_token_ids`` (vLLM's name) adds token ids for rollout use: the response's
+``prompt_token_ids`` (the conversation as sent, the first turn's prompt), each choice's
+``token_ids`` (the chosen turn's output) and every turn's own ``prompt_token_ids`` and
+``token_ids`` in ``rise.turns``; streamed, each delta carries its ``token_ids``, each turn's
+progress chunk the turn's ids, and each choice's finish chunk ``prompt_token_ids`` (vLLM sends
+it first; here the prompt is rendered only when turn 1 starts).
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -39,6 +52,7 @@ from app.api.common import (
     TurnPublic,
     VotePublic,
     episode_from_messages,
+    on_request,
     respond,
     stream_error,
     turn_public,
@@ -50,7 +64,7 @@ from app.auth import Owner
 from app.deps import ServiceDep
 from app.errors import InvalidRequest, NotFound
 from app.service import ServiceEvent, SolveResult, SolveService, Started
-from rise.episode import Episode
+from rise.episode import Episode, Turn
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent
 from rise.plan import RequestPlan, mode_rules
 from rise.prompt_file import prompts_to_dict
@@ -115,12 +129,18 @@ class ChatCompletionRequest(_OpenAIRequest):
     frequency_penalty: float | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: ResponseFormat | None = None
+    return_token_ids: bool = Field(
+        False, description="Token ids of the prompt, the chosen output and every turn (vLLM)."
+    )
     rise: RiseOptions | None = None
 
 
 class ChatCompletionMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    reasoning_content: str | None = on_request(
+        "With more than one turn: every turn, labelled, with the introspection prompts between."
+    )
 
 
 class RiseChoice(BaseModel):
@@ -137,6 +157,7 @@ class ChatChoice(BaseModel):
     message: ChatCompletionMessage
     finish_reason: str
     logprobs: None = None
+    token_ids: list[int] | None = on_request("With return_token_ids: the chosen turn's output.")
     rise: RiseChoice
 
 
@@ -158,6 +179,9 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: ChatUsage
+    prompt_token_ids: list[int] | None = on_request(
+        "With return_token_ids: the first turn's prompt (the conversation as sent)."
+    )
 
 
 class PromptsPublic(BaseModel):
@@ -279,11 +303,29 @@ def request_episodes(
 # ---- translation: results → response -----------------------------------------------------------
 
 
+def reasoning_heading(index: int, user_message: str) -> str:
+    """What opens turn ``index`` (0-based) in ``reasoning_content``.
+
+    Turn 1 is only labelled (its user message is the client's own); a later turn is preceded
+    by the introspection prompt the model was given, quoted, so a reader sees why it tries again.
+    """
+    label = f"**Turn {index + 1}**\n\n"
+    if index == 0:
+        return label
+    quoted = "\n".join(f"> {line}" if line else ">" for line in user_message.splitlines())
+    return f"\n\n{quoted}\n\n{label}"
+
+
+def reasoning_text(turns: Sequence[Turn]) -> str:
+    """Every turn as the stream sends it, headings included (the non-streamed field)."""
+    return "".join(reasoning_heading(t.index, t.user_message) + t.text for t in turns)
+
+
 def _finish_reason(episode: Episode, final: FinalAnswer) -> str:
     return "stop" if final.turn is None else episode.turns[final.turn].finish_reason
 
 
-def _rise_choice(result: SolveResult, index: int) -> RiseChoice:
+def _rise_choice(result: SolveResult, index: int, token_ids: bool = False) -> RiseChoice:
     episode, final = result.sessions[index].episode, result.final(index)
     return RiseChoice(
         session_id=episode.id,
@@ -291,7 +333,7 @@ def _rise_choice(result: SolveResult, index: int) -> RiseChoice:
         stop_reason=None if episode.stop_reason is None else episode.stop_reason.value,
         chosen_turn=len(episode.turns) - 1 if final.turn is None else final.turn,
         vote=vote_public(final.vote),
-        turns=[turn_public(t) for t in episode.turns[result.turns_before[index] :]],
+        turns=[turn_public(t, token_ids) for t in episode.turns[result.turns_before[index] :]],
     )
 
 
@@ -305,25 +347,33 @@ def _usage(result: SolveResult) -> ChatUsage:
     )
 
 
-def completion_response(result: SolveResult, model: str) -> ChatCompletionResponse:
+def completion_response(
+    result: SolveResult, plan: RequestPlan, model: str, token_ids: bool = False
+) -> ChatCompletionResponse:
     choices = []
     for index, session in enumerate(result.sessions):
         episode, final = session.episode, result.final(index)
-        text = "" if final.turn is None else episode.turns[final.turn].text
+        chosen = None if final.turn is None else episode.turns[final.turn]
+        reasoning = reasoning_text(episode.turns) if plan.max_turns > 1 else None
         choices.append(
             ChatChoice(
                 index=index,
-                message=ChatCompletionMessage(content=text),
+                message=ChatCompletionMessage(
+                    content="" if chosen is None else chosen.text, reasoning_content=reasoning
+                ),
                 finish_reason=_finish_reason(episode, final),
-                rise=_rise_choice(result, index),
+                token_ids=list(chosen.output_ids) if token_ids and chosen is not None else None,
+                rise=_rise_choice(result, index, token_ids),
             )
         )
+    first = result.sessions[0].episode.turns[:1]
     return ChatCompletionResponse(
         id=f"chatcmpl-{secrets.token_hex(12)}",
         created=int(time.time()),
         model=model,
         choices=choices,
         usage=_usage(result),
+        prompt_token_ids=list(first[0].prompt_ids) if token_ids and first else None,
     )
 
 
@@ -333,21 +383,42 @@ async def completion_chunks(
     model: str,
     include_usage: bool,
     params: Params,
+    user_message: Callable[[Episode, int], str],
+    token_ids: bool = False,
 ) -> AsyncIterator[str]:
-    """The SSE body of a streamed chat completion (errors become a final error event)."""
+    """The SSE body of a streamed chat completion (errors become a final error event).
+
+    ``user_message(episode, k)`` is the message turn ``k`` is given (the loop's own rule), for
+    the turn's reasoning heading; it is asked at the turn's first token, when the episode holds
+    exactly the turns before it, as when the loop asked.
+    """
     head: dict[str, Any] = {"id": f"chatcmpl-{secrets.token_hex(12)}", "model": model}
     head |= {"object": "chat.completion.chunk", "created": int(time.time())}
     tail: dict[str, Any] = {"usage": None} if include_usage else {}
     plain = plan.max_turns == 1
     result: SolveResult | None = None
     index_of: dict[str, int] = {}
+    opened: set[tuple[int, int]] = set()  # (choice, turn) whose reasoning heading is out
 
     def data(payload: dict[str, Any]) -> str:
         return "data: " + json.dumps(payload) + "\n\n"
 
-    def chunk(index: int, delta: dict, finish: str | None = None, **extra: object) -> str:
+    def chunk(
+        index: int, delta: dict, finish: str | None = None, top: dict | None = None, **extra: object
+    ) -> str:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return data(head | {"choices": [choice | extra]} | tail)
+        return data(head | {"choices": [choice | extra]} | (top or {}) | tail)
+
+    def ids(values: Sequence[int]) -> dict[str, Any]:
+        return {"token_ids": list(values)} if token_ids else {}
+
+    def reasoning(index: int, turn: int, text: str, values: Sequence[int]) -> str:
+        """A reasoning delta; the turn's heading goes before its first text."""
+        if (index, turn) not in opened:
+            opened.add((index, turn))
+            episode = result.sessions[index].episode  # type: ignore[union-attr]
+            text = reasoning_heading(turn, user_message(episode, turn)) + text
+        return chunk(index, {"reasoning_content": text}, **ids(values))
 
     try:
         async for event in events:
@@ -356,17 +427,27 @@ async def completion_chunks(
                 index_of = {session.id: i for i, session in enumerate(result.sessions)}
                 for index in range(len(result.sessions)):
                     yield chunk(index, {"role": "assistant", "content": ""})
-            elif isinstance(event, TokenEvent) and plain and event.text:
-                yield chunk(index_of[event.episode_id], {"content": event.text})
+            elif isinstance(event, TokenEvent) and (event.text or event.token_ids):
+                index = index_of[event.episode_id]
+                if plain:
+                    yield chunk(index, {"content": event.text}, **ids(event.token_ids))
+                else:
+                    yield reasoning(index, event.turn, event.text, event.token_ids)
             elif isinstance(event, TurnEvent) and not plain:
-                turn = turn_public(event.turn).model_dump()
-                yield chunk(index_of[event.episode_id], {}, rise={"turn": turn})
+                index, done = index_of[event.episode_id], event.turn
+                if (index, done.index) not in opened:  # a turn that streamed no text
+                    yield reasoning(index, done.index, done.text, done.output_ids)
+                turn = turn_public(done, token_ids).model_dump(exclude_none=True)
+                yield chunk(index, {}, rise={"turn": turn})
             elif isinstance(event, EpisodeEvent) and result is not None:
                 index, final = index_of[event.episode.id], event.final
                 if not plain and final.turn is not None:
-                    yield chunk(index, {"content": event.episode.turns[final.turn].text})
-                rise = _rise_choice(result, index).model_dump()
-                yield chunk(index, {}, _finish_reason(event.episode, final), rise=rise)
+                    chosen = event.episode.turns[final.turn]
+                    yield chunk(index, {"content": chosen.text}, **ids(chosen.output_ids))
+                rise = _rise_choice(result, index, token_ids).model_dump(exclude_none=True)
+                first = event.episode.turns[:1]  # its prompt is rendered when turn 1 starts
+                top = {"prompt_token_ids": list(first[0].prompt_ids)} if token_ids and first else {}
+                yield chunk(index, {}, _finish_reason(event.episode, final), top, rise=rise)
         if include_usage and result is not None:
             yield data(head | {"choices": [], "usage": _usage(result).model_dump()})
     except Exception as error:
@@ -422,11 +503,14 @@ async def create_chat_completion(
         job = service.new_job(episodes, plan, owner)
         model = body.model or service.model_name
         usage = bool(body.stream_options and body.stream_options.include_usage)
+        ids = body.return_token_ids
         return await respond(
             request,
             service,
             job,
             stream=body.stream,
-            stream_body=lambda events: completion_chunks(events, plan, model, usage, params),
-            json_body=lambda result: completion_response(result, model),
+            stream_body=lambda events: completion_chunks(
+                events, plan, model, usage, params, service.loop.user_message, ids
+            ),
+            json_body=lambda result: completion_response(result, plan, model, ids),
         )

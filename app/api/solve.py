@@ -82,6 +82,11 @@ class TurnOptions(SamplingOptions):
         None, ge=1, description="The model sees only the last k attempts; default all turns."
     )
     stream: bool = Field(False, description="Server-Sent Events: tokens, turn ends, final event.")
+    return_token_ids: bool = Field(
+        False,
+        description="Every turn also carries its prompt_token_ids and token_ids (a rollout "
+        "server for RL; vLLM's name), in the response and the stream's turn events.",
+    )
 
 
 class SolveMessage(StrictRequest):
@@ -202,7 +207,9 @@ async def solve_job(body: SolveRequest, service: SolveService, owner: str | None
 # ---- translation: results → response -----------------------------------------------------------
 
 
-def solve_response(plan: RequestPlan, result: SolveResult, model: str) -> SolveResponse:
+def solve_response(
+    plan: RequestPlan, result: SolveResult, model: str, token_ids: bool = False
+) -> SolveResponse:
     """The JSON answer of /solve (one session per request)."""
     episode, before = result.sessions[0].episode, result.turns_before[0]
     final = result.final(0)
@@ -212,7 +219,7 @@ def solve_response(plan: RequestPlan, result: SolveResult, model: str) -> SolveR
         mode=plan.mode,
         answer=final.answer,
         stop_reason=None if episode.stop_reason is None else episode.stop_reason.value,
-        turns=[turn_public(t) for t in episode.turns],
+        turns=[turn_public(t, token_ids) for t in episode.turns],
         new_turns=len(episode.turns) - before,
         vote=vote_public(final.vote),
         usage=usage_of(episode.turns[before:]),
@@ -255,7 +262,11 @@ def session_public(session: Session) -> SessionPublic:
 
 
 async def solve_events(
-    events: AsyncIterator[ServiceEvent], plan: RequestPlan, model: str, params: Params
+    events: AsyncIterator[ServiceEvent],
+    plan: RequestPlan,
+    model: str,
+    params: Params,
+    token_ids: bool = False,
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed solve (see the module docstring for the events)."""
     result = None
@@ -267,24 +278,24 @@ async def solve_events(
             elif isinstance(event, TokenEvent) and event.text:
                 yield sse("token", {"turn": event.turn, "text": event.text})
             elif isinstance(event, TurnEvent):
-                yield sse("turn", turn_public(event.turn))
+                yield sse("turn", turn_public(event.turn, token_ids))
         if result is not None:
-            yield sse("done", solve_response(plan, result, model))
+            yield sse("done", solve_response(plan, result, model, token_ids))
     except Exception as error:
         yield sse("error", stream_error(error, params))
 
 
 async def _respond(
-    request: Request, service: SolveService, job: SolveJob, stream: bool, params: Params
+    request: Request, service: SolveService, job: SolveJob, body: TurnOptions, params: Params
 ) -> Response:
-    model = service.model_name
+    model, ids = service.model_name, body.return_token_ids
     return await respond(
         request,
         service,
         job,
-        stream=stream,
-        stream_body=lambda events: solve_events(events, job.plan, model, params),
-        json_body=lambda result: solve_response(job.plan, result, model),
+        stream=body.stream,
+        stream_body=lambda events: solve_events(events, job.plan, model, params, ids),
+        json_body=lambda result: solve_response(job.plan, result, model, ids),
     )
 
 
@@ -305,7 +316,7 @@ async def solve(
     params = _params("messages" if body.messages is not None else "question")
     with wire_errors(params):
         job = await solve_job(body, service, owner)
-        return await _respond(request, service, job, body.stream, params)
+        return await _respond(request, service, job, body, params)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionPublic, responses=ERROR_RESPONSES)
@@ -340,4 +351,4 @@ async def add_turns(
     with wire_errors(params):
         session = await service.load(session_id, owner)
         job = service.continue_job(session, continued_plan(session, body), reference=body.reference)
-        return await _respond(request, service, job, body.stream, params)
+        return await _respond(request, service, job, body, params)

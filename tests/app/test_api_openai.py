@@ -228,3 +228,92 @@ async def test_engine_failure_mid_stream_is_a_final_error_chunk(
     events = [data for _, data in sse_json(response.text)]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert events[-2]["error"]["code"] == "engine_unavailable" and events[-1] == "[DONE]"
+
+
+# -- turns as reasoning, token ids ----------------------------------------------------------------
+
+
+def openai_client(client):
+    """The official ``openai`` client on the in-process app (its httpx client, ASGI transport)."""
+    import openai
+
+    return openai.AsyncOpenAI(base_url="http://app/v1", api_key="x", http_client=client)
+
+
+async def test_turns_stream_as_reasoning_in_the_openai_client(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    """Turn by turn as ``delta.reasoning_content`` (labelled, introspection between), then the
+    chosen turn as ``content``; the non-streamed message carries the same reasoning text."""
+    async with serve(engine, tmp_path) as http:
+        client = openai_client(http)
+        stream = await client.chat.completions.create(
+            model="rise-3/scripted", messages=QUESTION, stream=True
+        )
+        reasoning, content = [], []
+        async for chunk in stream:
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            if getattr(delta, "reasoning_content", None):
+                reasoning.append(delta.reasoning_content)
+            if delta.content:
+                content.append(delta.content)
+        whole = await client.chat.completions.create(model="rise-3/scripted", messages=QUESTION)
+    text = "".join(reasoning)
+    assert text.startswith("**Turn 1**\n\n" + REPLIES[0])
+    # turn 1 arrives as many deltas, all of them before turn 2's heading
+    turn2 = next(i for i, piece in enumerate(reasoning) if "**Turn 2**" in piece)
+    assert turn2 > 3 and "".join(reasoning[:turn2]) == "**Turn 1**\n\n" + REPLIES[0]
+    introspection = engine.requests[1][0]  # the prompt of turn 2 ends with the introspection
+    heading = reasoning[turn2]
+    assert heading.startswith("\n\n> ") and "**Turn 2**\n\n" in heading
+    quoted = heading.split("**Turn 2**")[0].strip().splitlines()[0][2:]
+    assert quoted and quoted in introspection
+    assert text.count("**Turn") == 3 and text.endswith(REPLIES[2])
+    assert "".join(content) == REPLIES[2]  # the vote's turn, once all turns are done
+    message = whole.choices[0].message
+    assert message.content == REPLIES[2]
+    assert message.reasoning_content == text  # type: ignore[attr-defined]
+
+
+async def test_one_turn_stays_a_plain_chat_model(engine: TurnScriptEngine, tmp_path: Path) -> None:
+    async with serve(engine, tmp_path) as client:
+        body = (await client.post("/v1/chat/completions", json={"messages": QUESTION})).json()
+        streamed = await client.post(
+            "/v1/chat/completions", json={"messages": QUESTION, "stream": True}
+        )
+    assert "reasoning_content" not in body["choices"][0]["message"]
+    assert "prompt_token_ids" not in body and "token_ids" not in body["choices"][0]
+    assert "prompt_token_ids" not in body["choices"][0]["rise"]["turns"][0]
+    chunks = [d for _, d in sse_json(streamed.text)][:-1]
+    assert not any("reasoning_content" in c["choices"][0]["delta"] for c in chunks if c["choices"])
+
+
+async def test_return_token_ids(engine: TurnScriptEngine, tiny_tokenizer, tmp_path: Path) -> None:
+    """vLLM's ``return_token_ids``: the exact ids the engine saw and produced, JSON and SSE."""
+    request = {"model": "rise-2/scripted", "messages": QUESTION, "return_token_ids": True}
+    async with serve(engine, tmp_path) as client:
+        body = (await client.post("/v1/chat/completions", json=request)).json()
+        streamed = await client.post("/v1/chat/completions", json={**request, "stream": True})
+        solved = (
+            await client.post("/solve", json={"question": "2 + 2?", "return_token_ids": True})
+        ).json()
+        plain_solve = (await client.post("/solve", json={"question": "2 + 2?"})).json()
+    (choice,) = body["choices"]
+    turns = choice["rise"]["turns"]
+    prompts = [tiny_tokenizer.decode(t["prompt_token_ids"]) for t in turns]
+    assert prompts == [prompt for prompt, _ in engine.requests[:2]]  # what the engine was sent
+    for turn in turns:
+        assert tiny_tokenizer.decode(turn["token_ids"], skip_special_tokens=True) == turn["text"]
+        assert len(turn["token_ids"]) == turn["completion_tokens"]
+    assert body["prompt_token_ids"] == turns[0]["prompt_token_ids"]
+    assert choice["token_ids"] == turns[choice["rise"]["chosen_turn"]]["token_ids"]
+    # streamed: each delta's ids add up to the turn's; the finish chunk has the prompt ids
+    chunks = [d for _, d in sse_json(streamed.text)][:-1]
+    deltas = [c["choices"][0] for c in chunks if c["choices"][0].get("token_ids")]
+    streamed_ids = [i for d in deltas if "reasoning_content" in d["delta"] for i in d["token_ids"]]
+    assert streamed_ids == turns[0]["token_ids"] + turns[1]["token_ids"]
+    assert chunks[-1]["prompt_token_ids"] == body["prompt_token_ids"]
+    assert all("prompt_token_ids" in t and "token_ids" in t for t in solved["turns"])
+    assert all("token_ids" not in t for t in plain_solve["turns"])
