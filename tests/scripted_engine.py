@@ -30,5 +30,8 @@ class ScriptedEngineBase:
     def queue_depth(self) -> int:
         return 0
 
+    def metrics_registry(self) -> None:
+        return None  # no engine series: /metrics shows the service's own
+
     async def close(self) -> None:
         return None

@@ -33,6 +33,10 @@ async def ready(service: ServiceDep) -> Status:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
 async def metrics(request: Request, service: ServiceDep) -> Response:
-    """Prometheus metrics of this replica."""
+    """Prometheus metrics of this replica: the service's ``rise_*`` and the engine's ``vllm:*``."""
     await service.refresh_gauges()
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body = generate_latest(service.metrics.registry)
+    engine = service.engine.metrics_registry()
+    if engine is not None:
+        body += generate_latest(engine)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

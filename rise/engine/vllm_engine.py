@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -187,9 +188,35 @@ class VLLMEngine:
         except Exception as error:
             raise EngineError(f"engine unhealthy: {error}") from error
 
+    def metrics_registry(self) -> Any:
+        """vLLM's Prometheus registry: its ``vllm:*`` engine series (KV-cache usage, prefix-cache
+        queries and hits, time to first token, queue time, running and waiting requests).
+
+        vLLM's own ``PrometheusStatLogger`` fills it (on by default: ``disable_log_stats`` is
+        False); ``get_prometheus_registry`` is how vLLM's API server finds it, the multiprocess
+        registry included when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+        """
+        from vllm.v1.metrics.prometheus import get_prometheus_registry
+
+        return get_prometheus_registry()
+
     async def reset_prefix_cache(self) -> None:
         """Empty the prefix cache (benchmarks compare runs from the same cold start)."""
         await self.llm.reset_prefix_cache()
 
     async def close(self) -> None:
-        self.llm.shutdown()
+        """Shut the engine down and let the AsyncLLM go while Python is still whole.
+
+        ``AsyncLLM.__del__`` shuts down a second time. Left to interpreter exit, that call finds
+        vLLM's module globals already cleared and prints ``TypeError: 'NoneType' object is not
+        callable`` after every run; so the cancelled output handler gets a moment to finish
+        (it holds the engine), and the engine is collected here. Idempotent.
+        """
+        llm = self.__dict__.pop("llm", None)
+        if llm is None:
+            return
+        llm.shutdown()
+        del llm
+        for _ in range(3):
+            await asyncio.sleep(0)  # the cancelled output-handler task ends and drops the engine
+        gc.collect()

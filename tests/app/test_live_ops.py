@@ -67,6 +67,35 @@ def test_metrics_present_and_moving_after_traffic(api: httpx.Client, helpers) ->
     assert m(after, "rise_engine_queue_depth") == 0
 
 
+VLLM_SERIES = (
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+)
+VLLM_MOVING = (
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:prefix_cache_queries_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:request_queue_time_seconds_count",
+)
+
+
+def test_metrics_carry_the_engines_own_vllm_series(api: httpx.Client, helpers) -> None:
+    """vLLM's own stat logger's series, beside ours, moving with traffic."""
+    before = helpers.scrape()
+    for name in VLLM_SERIES:
+        assert f"\n{name}{{" in before, name
+    question = {"question": "What is 6 * 7?", "max_turns": 2, "temperature": 0, "max_tokens": 8}
+    api.post("/solve", json=question).raise_for_status()
+    after = helpers.scrape()
+    for name in VLLM_MOVING:
+        assert helpers.metric(after, name) > helpers.metric(before, name), name
+    # turn 2 re-sends turn 1's prompt: the prefix cache is queried and hit
+    hits = "vllm:prefix_cache_hits_total"
+    assert helpers.metric(after, hits) > helpers.metric(before, hits)
+
+
 def test_metrics_count_right_and_wrong_flips_against_a_reference(
     api: httpx.Client, helpers
 ) -> None:
