@@ -138,3 +138,13 @@ EXPORTED_NAMES = (
     "rise_engine_queue_depth",
     "rise_solves_rejected_total",
 )
+
+# vLLM's own series on the same /metrics (the engine's registry, Engine.metrics_registry), as
+# the dashboard reads them; the histograms export _bucket, _sum and _count.
+ENGINE_GAUGES = (
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+)
+ENGINE_COUNTERS = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+ENGINE_HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:request_queue_time_seconds")

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.metrics import EXPORTED_NAMES
+from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
 from app.settings import DEFAULT_PORT, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,6 +97,10 @@ def _exported_samples() -> dict[str, str]:
     for name in EXPORTED_NAMES:
         if name not in samples and not any(s.startswith(name + "_") for s in samples):
             samples[name] = "counter" if name.endswith("_total") else "unknown"
+    # the engine's own vllm:* series, on the same /metrics (test_live_ops checks they are there)
+    samples |= dict.fromkeys(ENGINE_GAUGES, "gauge") | dict.fromkeys(ENGINE_COUNTERS, "counter")
+    for name in ENGINE_HISTOGRAMS:
+        samples |= {name + suffix: "histogram" for suffix in ("_bucket", "_sum", "_count")}
     return samples
 
 
