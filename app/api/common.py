@@ -244,6 +244,25 @@ def stream_error(error: Exception, params: Params) -> dict[str, Any]:
 # ---- responding: JSON or SSE ---------------------------------------------------------------
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# The routing key of session affinity: every response names its session(s) here, and a client
+# sends it back with the session's next turns, so a proxy can hash on it (nginx
+# ``hash $http_x_session_id consistent``) and the turns reach the replica holding the prefix cache.
+SESSION_HEADER = "X-Session-Id"
+
+
+def check_session_header(request: Request, session_id: str) -> None:
+    """A request for ``session_id`` whose ``X-Session-Id`` names another session is a 400.
+
+    The proxy routed it by the header: a mismatch is a client bug that would silently cost the
+    prefix cache (or reach a replica that has never seen the session's turns).
+    """
+    given = request.headers.get(SESSION_HEADER)
+    if given is not None and given.strip() != session_id:
+        raise InvalidRequest(
+            f"the {SESSION_HEADER} header ({given.strip()!r}) names another session than the "
+            f"request ({session_id!r})",
+            param=SESSION_HEADER,
+        )
 
 
 def sse(event: str, data: Any) -> str:
@@ -303,11 +322,20 @@ async def respond(
     stream_body: Callable[[AsyncIterator[ServiceEvent]], AsyncIterator[str]],
     json_body: Callable[[SolveResult], BaseModel],
 ) -> Response:
-    """Run ``job``: its events as SSE when ``stream``, else ``json_body(result)`` once done."""
+    """Run ``job``: its events as SSE when ``stream``, else ``json_body(result)`` once done.
+
+    Either way the response carries ``X-Session-Id``: the job's session ids, comma-separated
+    (one per choice of a ``/v1`` request with ``n`` > 1).
+    """
+    affinity = {SESSION_HEADER: ",".join(session.id for session in job.sessions)}
     if stream:
         events = await cancel_on_disconnect(request, open_stream(service.run(job)))
         return StreamingResponse(
-            stream_body(events), media_type="text/event-stream", headers=SSE_HEADERS
+            stream_body(events),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **affinity},
         )
     result = await cancel_on_disconnect(request, service.complete(job))
-    return Response(json_body(result).model_dump_json(), media_type="application/json")
+    return Response(
+        json_body(result).model_dump_json(), media_type="application/json", headers=affinity
+    )

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from app.api.common import (
     ERROR_RESPONSES,
+    SESSION_HEADER,
     GraderName,
     Params,
     Question,
@@ -31,6 +32,7 @@ from app.api.common import (
     TurnPublic,
     Usage,
     VotePublic,
+    check_session_header,
     episode_from_messages,
     question_episode,
     respond,
@@ -181,10 +183,13 @@ def continued_plan(session: Session, body: TurnOptions) -> RequestPlan:
     return turn_plan(replace(session.plan, max_turns=CONTINUE_TURNS, n=1), body)
 
 
-async def solve_job(body: SolveRequest, service: SolveService, owner: str | None) -> SolveJob:
+async def solve_job(
+    body: SolveRequest, service: SolveService, owner: str | None, request: Request
+) -> SolveJob:
     """A new solve, or a continuation when ``session_id`` is given."""
     given = [n for n in ("question", "messages") if getattr(body, n) is not None]
     if body.session_id is not None:
+        check_session_header(request, body.session_id)
         for name in [*given, "grader"]:
             if getattr(body, name) is not None:
                 raise InvalidRequest(f"{name} cannot change a stored session", param=name)
@@ -315,15 +320,19 @@ async def solve(
     """Answer a question over several self-correcting turns, or continue a session."""
     params = _params("messages" if body.messages is not None else "question")
     with wire_errors(params):
-        job = await solve_job(body, service, owner)
+        job = await solve_job(body, service, owner, request)
         return await _respond(request, service, job, body, params)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionPublic, responses=ERROR_RESPONSES)
-async def get_session(session_id: SessionPath, service: ServiceDep, owner: Owner) -> SessionPublic:
+async def get_session(
+    session_id: SessionPath, response: Response, service: ServiceDep, owner: Owner
+) -> SessionPublic:
     """A stored session: every turn, the vote, the conversation."""
     with wire_errors(_PARAMS):
-        return session_public(await service.load(session_id, owner))
+        session = session_public(await service.load(session_id, owner))
+    response.headers[SESSION_HEADER] = session_id
+    return session
 
 
 @router.delete("/sessions/{session_id}", status_code=204, responses=ERROR_RESPONSES)
@@ -349,6 +358,7 @@ async def add_turns(
     """Run more turns on a stored session, continuing from its exact token ids."""
     params = _params("messages")
     with wire_errors(params):
+        check_session_header(request, session_id)
         session = await service.load(session_id, owner)
         job = service.continue_job(session, continued_plan(session, body), reference=body.reference)
         return await _respond(request, service, job, body, params)

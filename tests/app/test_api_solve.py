@@ -274,3 +274,44 @@ async def test_engine_failure_mid_stream_ends_with_an_error_event(
     # The turn that finished is kept, the session marked as ended by an error.
     assert stored["stop_reason"] == "error" and len(stored["turns"]) == 1
     assert stored["answer"] == "3"
+
+
+# -- session affinity: X-Session-Id ----------------------------------------------------------------
+
+
+async def test_every_response_names_its_session_for_the_proxy(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    """``X-Session-Id`` on JSON and SSE responses, sessions and /v1; a wrong one back is a 400."""
+    async with serve(engine, tmp_path) as client:
+        solved = await client.post("/solve", json={"question": "2 + 2?", "max_turns": 1})
+        session_id = solved.json()["session_id"]
+        assert solved.headers["X-Session-Id"] == session_id
+        streamed = await client.post(
+            "/solve", json={"question": "2 + 2?", "max_turns": 1, "stream": True}
+        )
+        first = sse_json(streamed.text)[0]
+        assert first[0] == "session"
+        assert streamed.headers["X-Session-Id"] == first[1]["session_id"]
+        # the client sends it back with the session's next turns (a proxy hashes on it)
+        header = {"X-Session-Id": session_id}
+        more = await client.post(f"/sessions/{session_id}/turns", json={}, headers=header)
+        assert more.status_code == 200 and more.headers["X-Session-Id"] == session_id
+        again = await client.post("/solve", json={"session_id": session_id}, headers=header)
+        assert again.status_code == 200 and len(again.json()["turns"]) == 3
+        shown = await client.get(f"/sessions/{session_id}")
+        assert shown.headers["X-Session-Id"] == session_id
+        wrong = {"X-Session-Id": "someothersession"}
+        for response in (
+            await client.post(f"/sessions/{session_id}/turns", json={}, headers=wrong),
+            await client.post("/solve", json={"session_id": session_id}, headers=wrong),
+        ):
+            assert response.status_code == 400
+            assert response.json()["error"]["param"] == "X-Session-Id"
+        assert len((await client.get(f"/sessions/{session_id}")).json()["turns"]) == 3  # kept
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "2 + 2?"}], "n": 2},
+        )
+        ids = [c["rise"]["session_id"] for c in chat.json()["choices"]]
+        assert chat.headers["X-Session-Id"] == ",".join(ids)
