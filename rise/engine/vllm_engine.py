@@ -94,6 +94,10 @@ def sampling_params(sampling: SamplingConfig, max_tokens: int, per_request_seed:
     )
 
 
+def _closed(*args: Any, **kwargs: Any) -> None:
+    """What a shut-down AsyncLLM's ``shutdown`` becomes (its ``__del__`` calls it)."""
+
+
 class VLLMEngine:
     """An ``AsyncLLM`` plus the tokenizer the chat-template renderer uses."""
 
@@ -129,10 +133,11 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**layout.kwargs))
         tokenizer = AutoTokenizer.from_pretrained(layout.model_path)
+        # No local name for the engine: something in vLLM's start-up keeps this frame alive,
+        # and a local would keep the engine alive with it until interpreter exit (see close()).
         return cls(
-            llm,
+            AsyncLLM.from_engine_args(AsyncEngineArgs(**layout.kwargs)),
             tokenizer,
             model_name=model_name,
             max_model_len=int(layout.kwargs["max_model_len"]),
@@ -205,17 +210,21 @@ class VLLMEngine:
         await self.llm.reset_prefix_cache()
 
     async def close(self) -> None:
-        """Shut the engine down and let the AsyncLLM go while Python is still whole.
+        """Shut the engine down, once, and let the AsyncLLM go while Python is still whole.
 
-        ``AsyncLLM.__del__`` shuts down a second time. Left to interpreter exit, that call finds
-        vLLM's module globals already cleared and prints ``TypeError: 'NoneType' object is not
-        callable`` after every run; so the cancelled output handler gets a moment to finish
-        (it holds the engine), and the engine is collected here. Idempotent.
+        ``AsyncLLM.__del__`` calls ``shutdown()`` again; when the engine lived until interpreter
+        exit, that call found vLLM's module globals cleared and printed ``TypeError: 'NoneType'
+        object is not callable`` after every run. The engine now has no reference left after
+        this (see :meth:`from_layout`), its second ``shutdown`` is a no-op, and it is collected
+        here. (vLLM's engine-core process still leaves one shared-memory ring buffer for
+        Python's resource tracker to remove at exit: a warning from inside vLLM, not ours.)
+        Idempotent.
         """
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
         llm.shutdown()
+        llm.shutdown = _closed  # AsyncLLM.__del__ calls it again: once is enough
         del llm
         for _ in range(3):
             await asyncio.sleep(0)  # the cancelled output-handler task ends and drops the engine
