@@ -118,6 +118,10 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     assert "m1@t2" in done.stdout and "iter-0" in done.stdout
+    # a clean exit: the engines (base, tuned) are shut down and collected before Python ends
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[
+        -3000:
+    ]
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     (it,) = manifest["iterations"]
