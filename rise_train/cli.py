@@ -1,4 +1,4 @@
-"""``python -m rise_train``: prepare-model | collect | build | train | evaluate | iterate | report.
+"""``python -m rise_train``: the commands of a RISE training run (see ``--help``).
 
 Commands are thin: read options (and a ``--config`` file, see :mod:`rise_train.config`), build
 the library's config objects, make one call, print a summary. Heavy imports (torch, vLLM,
@@ -178,13 +178,26 @@ def collect(
     ),
     model: Model = "default",
     limit: Limit = None, offset: Offset = 0, shuffle: Shuffle = False, seed: Seed = 0,
+    shard: Annotated[
+        str | None,
+        Opt(help="INDEX/COUNT: only problems INDEX, INDEX+COUNT, ... (one engine of COUNT); "
+            "put the shard files back together with `merge-shards`."),
+    ] = None,
     prompts: PromptsOption = None, prompts_override: PromptsOverrideOption = False,
     config: Config = None, quiet: Quiet = False,
     **options: Any,
 ) -> None:  # fmt: skip
     """Roll out the model on problems, best-of-N (or teacher) per turn; write trajectories."""
+    from rise_train.shards import parse_shard, shard_items
+
     o = resolve(ctx)
+    try:
+        part = None if o.shard is None else parse_shard(o.shard)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--shard") from None
     problems = _problems(o.data, "--data", o, o.limit)
+    if part is not None:
+        problems = shard_items(problems, *part)
     cfg = _collect_config(o, o.iteration)
     settings = _settings(o.model, o, o.seed)
     prompts = _prompts(o, settings)
@@ -204,6 +217,28 @@ def collect(
             await engine.close()
 
     _print_json(asyncio.run(go()).to_dict())
+
+
+@app.command("merge-shards")
+@friendly_errors
+def merge_shards_cmd(
+    shards: Annotated[
+        list[Path], typer.Argument(help="Shard files of `collect --shard`, 0 first.")
+    ],
+    output: Annotated[Path, Opt(help="The merged trajectories JSONL.")] = Path(
+        "trajectories.jsonl"
+    ),
+) -> None:
+    """Put `collect --shard i/n` files back into one file, in the unsharded problem order."""
+    from rise_train.shards import merge_shards
+
+    for path in shards:
+        if not path.is_file():
+            raise typer.BadParameter(f"no such file: {path}", param_hint="SHARDS")
+    if output.resolve() in {p.resolve() for p in shards}:
+        raise typer.BadParameter("must not be one of the shard files", param_hint="--output")
+    merged = merge_shards(shards, output)
+    _print_json({"trajectories": len(merged), "shards": len(shards), "output": str(output)})
 
 
 @app.command()
