@@ -153,3 +153,38 @@ def test_openai_sync_streaming_ends_with_done(live, helpers) -> None:
 
 def test_v1_models_needs_a_key(live) -> None:
     assert httpx.get(f"{live.url}/v1/models").status_code == 401
+
+
+def test_openai_sync_stream_shows_turn_1_live_before_turn_2(client: openai.OpenAI) -> None:
+    """On the real engine over HTTP: turn 1's reasoning deltas, then its end, then turn 2."""
+    _, rise = served(client)
+    stream = client.chat.completions.create(
+        model=rise, messages=QUESTION, max_tokens=16, temperature=0, stream=True,
+        extra_body={"rise": {"max_turns": 2}},
+    )  # fmt: skip
+    events: list[tuple[str, str]] = []  # ("reasoning" | "turn_end" | "content", text), in order
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        choice = chunk.choices[0]
+        reasoning = getattr(choice.delta, "reasoning_content", None)
+        if reasoning:
+            events.append(("reasoning", reasoning))
+        if choice.delta.content:
+            events.append(("content", choice.delta.content))
+        rise_extra = (choice.model_extra or {}).get("rise") or {}
+        if "turn" in rise_extra:
+            events.append(("turn_end", str(rise_extra["turn"]["index"])))
+    kinds = [kind for kind, _ in events]
+    first_end = events.index(("turn_end", "0"))
+    turn2 = next(
+        i for i, (k, text) in enumerate(events) if k == "reasoning" and "**Turn 2**" in text
+    )
+    assert kinds[:first_end] == ["reasoning"] * first_end and first_end >= 2  # live, in pieces
+    assert first_end < turn2 < events.index(("turn_end", "1")) < kinds.index("content")
+    text = "".join(t for k, t in events if k == "reasoning")
+    response = client.chat.completions.create(
+        model=rise, messages=QUESTION, max_tokens=16, temperature=0,
+        extra_body={"rise": {"max_turns": 2}},
+    )  # fmt: skip
+    assert response.choices[0].message.reasoning_content == text  # type: ignore[attr-defined]

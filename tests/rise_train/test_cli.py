@@ -10,7 +10,16 @@ from typer.testing import CliRunner
 
 from rise_train.cli import app
 
-COMMANDS = ["prepare-model", "collect", "merge-shards", "build", "train", "evaluate", "iterate", "report"]
+COMMANDS = [
+    "prepare-model",
+    "collect",
+    "merge-shards",
+    "build",
+    "train",
+    "evaluate",
+    "iterate",
+    "report",
+]
 runner = CliRunner()
 
 
