@@ -7,7 +7,8 @@ one entry point, :func:`load_problems`, whose ``spec`` names the format and loca
 - ``math:<path>``   rows ``{"problem", "answer"}``; without ``answer``, the last ``\\boxed{}``
   of ``solution``.
 - ``jsonl:<path>``  any JSONL; field names and the reference parser are arguments.
-- ``<path>.jsonl``  the format sniffed from the first row's fields (GSM8K, MATH, else generic).
+- ``<path>.jsonl``  the format sniffed from the first row's fields (GSM8K, MATH, a run's own
+  ``problems/*.jsonl`` as :func:`write_problems` wrote it, else generic).
 - ``hf:<name>[:<config>]``  ``datasets.load_dataset(name, config, split=split)``, rows read as
   above (needs a reachable hub or a populated local cache).
 
@@ -121,6 +122,12 @@ def load_problems(
         base = GSM8K if kind == "gsm8k" else MATH
     elif kind == "jsonl" or question_field or answer_field or not rows:
         base = RowFormat()  # named fields: nothing to sniff
+    elif not overrides and not source and set(rows[0][1]) >= _WRITTEN:
+        # A run directory's own problem file: read it back as written (ids, graders kept).
+        problems = [_written(row, f"{path}:{line + 1}") for line, row in rows]
+        return subset(
+            _unique(problems, path), limit=limit, offset=offset, seed=seed, shuffle=shuffle
+        )
     else:  # a bare path or hf: sniff the format from the first row
         base = sniff_format(rows[0][1])
         if kind != "hf" and (base is GSM8K or base is MATH):
@@ -139,6 +146,22 @@ def load_problems(
             )
         seen[problem.id] = line
     return subset(problems, limit=limit, offset=offset, seed=seed, shuffle=shuffle)
+
+
+_WRITTEN = {"id", "question", "reference", "source", "grader"}  # write_problems' fields
+
+
+def _written(row: dict[str, Any], at: str) -> Problem:
+    if not set(row) >= _WRITTEN:
+        raise ValueError(f"{at}: a problem file row needs {sorted(_WRITTEN)} (has {sorted(row)})")
+    return Problem.from_dict(row)
+
+
+def _unique(problems: list[Problem], where: object) -> list[Problem]:
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: duplicate problem ids")
+    return problems
 
 
 def sniff_format(row: dict[str, Any]) -> RowFormat:

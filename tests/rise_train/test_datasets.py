@@ -187,3 +187,21 @@ def test_split_problems_fraction_and_count() -> None:
         split_problems(problems, 1.5)
     with pytest.raises(ValueError):
         split_problems(problems, 51)
+
+
+def test_a_runs_problem_file_reads_back_as_written(tmp_path) -> None:
+    """``problems/*.jsonl`` of a run directory is a valid spec: ids and graders kept."""
+    from rise_train.datasets import Problem, load_problems, write_problems
+
+    problems = [
+        Problem(
+            id="arith-eval-0", question="2 + 2?", reference="4", source="arith", grader="gsm8k"
+        ),
+        Problem(
+            id="x-7", question="Simplify.", reference="\\frac{1}{2}", source="x", grader="math"
+        ),
+    ]
+    path = tmp_path / "eval.jsonl"
+    write_problems(problems, path)
+    assert load_problems(str(path)) == problems
+    assert load_problems(str(path), limit=1, offset=1) == problems[1:]
