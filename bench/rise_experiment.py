@@ -32,7 +32,6 @@ rejection sampling (only correct samples, uniform weight).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
@@ -212,10 +211,13 @@ def same_settings(old: object, new: object, default: object) -> bool:
     """
     if isinstance(old, dict) and isinstance(new, dict):
         defaults = default if isinstance(default, dict) else {}
-        return all(
-            same_settings(old[k], new[k], defaults.get(k)) if k in old else new[k] == defaults.get(k)
-            for k in new
-        ) and set(old) <= set(new)
+
+        def same(key: str) -> bool:
+            if key not in old:
+                return new[key] == defaults.get(key)
+            return same_settings(old[key], new[key], defaults.get(key))
+
+        return all(same(k) for k in new) and set(old) <= set(new)
     return old == new
 
 
