@@ -118,6 +118,7 @@ def load_problems(
         rows = list(jsonl_rows(path))
         where, stem = str(path), path.stem
         default_source = kind if kind in ("gsm8k", "math") else path.stem
+    problems: list[Problem] | None = None
     if kind in ("gsm8k", "math"):
         base = GSM8K if kind == "gsm8k" else MATH
     elif kind == "jsonl" or question_field or answer_field or not rows:
@@ -125,18 +126,16 @@ def load_problems(
     elif not overrides and not source and set(rows[0][1]) >= _WRITTEN:
         # A run directory's own problem file: read it back as written (ids, graders kept).
         problems = [_written(row, f"{path}:{line + 1}") for line, row in rows]
-        return subset(
-            _unique(problems, path), limit=limit, offset=offset, seed=seed, shuffle=shuffle
-        )
     else:  # a bare path or hf: sniff the format from the first row
         base = sniff_format(rows[0][1])
         if kind != "hf" and (base is GSM8K or base is MATH):
             default_source = "gsm8k" if base is GSM8K else "math"
-    if grader is None and reference_parser == "gsm8k":
-        overrides["grader"] = "gsm8k"  # GSM8K-style references are graded as GSM8K answers
-    fmt = RowFormat(**{**asdict(base), **overrides})
-    src = source or default_source
-    problems = [_to_problem(row, fmt, src, stem, where, line) for line, row in rows]
+    if problems is None:
+        if grader is None and reference_parser == "gsm8k":
+            overrides["grader"] = "gsm8k"  # GSM8K-style references are graded as GSM8K answers
+        fmt = RowFormat(**{**asdict(base), **overrides})
+        src = source or default_source
+        problems = [_to_problem(row, fmt, src, stem, where, line) for line, row in rows]
     seen: dict[str, int] = {}
     for (line, _), problem in zip(rows, problems, strict=True):
         if problem.id in seen:  # ids key trajectories and AWR's per-problem mean
@@ -155,13 +154,6 @@ def _written(row: dict[str, Any], at: str) -> Problem:
     if not set(row) >= _WRITTEN:
         raise ValueError(f"{at}: a problem file row needs {sorted(_WRITTEN)} (has {sorted(row)})")
     return Problem.from_dict(row)
-
-
-def _unique(problems: list[Problem], where: object) -> list[Problem]:
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{where}: duplicate problem ids")
-    return problems
 
 
 def sniff_format(row: dict[str, Any]) -> RowFormat:

@@ -145,3 +145,25 @@ def train_parrot(path: Path, reply: str, *, steps: int = 300, lr: float = 3e-3) 
     model.save_pretrained(path, safe_serialization=True)
     (path / "rise-parrot.json").write_text(json.dumps({"reply": reply, "loss": out.loss.item()}))
     return path
+
+
+def tiny_train_config(model: Path, examples: Path, out: Path, **overrides):  # -> TrainConfig
+    """A quick, deterministic TrainConfig for the tiny model (constant lr, no saving)."""
+    from rise_train.train import TrainConfig
+
+    values = dict(
+        output_dir=str(out),
+        model_name_or_path=str(model),
+        examples=str(examples),
+        max_steps=8,
+        learning_rate=1e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -210,22 +209,17 @@ class VLLMEngine:
         await self.llm.reset_prefix_cache()
 
     async def close(self) -> None:
-        """Shut the engine down, once, and let the AsyncLLM go while Python is still whole.
+        """Shut the engine down, once. Idempotent.
 
         ``AsyncLLM.__del__`` calls ``shutdown()`` again; when the engine lived until interpreter
         exit, that call found vLLM's module globals cleared and printed ``TypeError: 'NoneType'
-        object is not callable`` after every run. The engine now has no reference left after
-        this (see :meth:`from_layout`), its second ``shutdown`` is a no-op, and it is collected
-        here. (vLLM's engine-core process still leaves one shared-memory ring buffer for
-        Python's resource tracker to remove at exit: a warning from inside vLLM, not ours.)
-        Idempotent.
+        object is not callable`` after every run. The engine's second ``shutdown`` is a no-op
+        now, and no reference to it outlives this (see :meth:`from_layout`). (vLLM's engine-core
+        process still leaves one shared-memory ring buffer for Python's resource tracker to
+        remove at exit: a warning from inside vLLM, not ours.)
         """
         llm = self.__dict__.pop("llm", None)
         if llm is None:
             return
         llm.shutdown()
         llm.shutdown = _closed  # AsyncLLM.__del__ calls it again: once is enough
-        del llm
-        for _ in range(3):
-            await asyncio.sleep(0)  # the cancelled output-handler task ends and drops the engine
-        gc.collect()

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -97,6 +97,23 @@ class RedisServer:
             self.proc = None
 
 
+def wait_ready(
+    url: str, proc: subprocess.Popen, tail: Callable[[], str], timeout_s: float, name: str
+) -> None:
+    """Until ``url`` answers 200; a process that exits, or the timeout, raises with its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited early:\n{tail()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{name} not ready in {timeout_s} s:\n{tail()}")
+
+
 class LiveServer:
     """``python -m app`` with the given environment; restartable on the same port."""
 
@@ -121,17 +138,7 @@ class LiveServer:
             start_new_session=True,
         )
         handle.close()
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"app exited early:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"app not ready in {READY_TIMEOUT_S} s:\n{self.tail()}")
+        wait_ready(f"{self.url}/ready", self.proc, self.tail, READY_TIMEOUT_S, "app")
 
     def stop(self, timeout: float = 60) -> None:
         if self.proc is not None:

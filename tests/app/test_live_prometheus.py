@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.app.conftest import LiveServer, free_port
+from tests.app.conftest import LiveServer, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -64,17 +64,10 @@ class Prometheus:
     def start(self) -> None:
         with self.log.open("wb") as handle:
             self.proc = subprocess.Popen(self.args, stdout=handle, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"prometheus not ready:\n{self.log.read_text()[-3000:]}")
+        wait_ready(f"{self.url}/-/ready", self.proc, self.tail, 60, "prometheus")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -100,7 +93,7 @@ class Prometheus:
 
         goal, deadline = scrapes() + count, time.monotonic() + 60
         while scrapes() < goal:
-            assert time.monotonic() < deadline, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, self.tail()
             time.sleep(0.5)
         (up,) = self.query('up{job="rise"}')
         assert up["value"][1] == "1", f"target down: {self.targets()}"

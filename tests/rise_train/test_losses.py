@@ -20,6 +20,7 @@ from rise_train.train import (
     fit,
     precompute_reference_logps,
 )
+from tests.tiny_models import tiny_train_config
 
 LOG2 = math.log(2.0)
 ROWS = [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [2.0, 0.0, 0.0]]  # logits of one sequence, [L=3, V=3]
@@ -351,22 +352,10 @@ def rows_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def _config(model: Path, examples: Path, out: Path, **overrides: Any) -> TrainConfig:
-    values: dict[str, Any] = dict(
-        output_dir=str(out),
-        model_name_or_path=str(model),
-        examples=str(examples),
-        max_steps=30,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        per_device_train_batch_size=8,  # every row in every step: step 1 sees the initial model
-        gradient_accumulation_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
+    # every row in every step (batch 8): step 1 sees the initial model
+    return tiny_train_config(
+        model, examples, out, **{"max_steps": 30, "per_device_train_batch_size": 8, **overrides}
     )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def test_precompute_reference_logps_are_the_models(tiny_model_dir: Path, rows_path: Path) -> None:

@@ -20,6 +20,7 @@ from rise_train.train import (
     fit,
     train,
 )
+from tests.tiny_models import tiny_train_config
 
 
 def make_example(prompt: list[int], target: list[int], weight: float, **meta: Any) -> dict:
@@ -203,22 +204,7 @@ def examples_path(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def _config(model: Path, examples: Path, out: Path, **overrides: Any) -> TrainConfig:
-    values: dict[str, Any] = dict(
-        output_dir=str(out),
-        model_name_or_path=str(model),
-        examples=str(examples),
-        max_steps=8,
-        learning_rate=1e-3,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+    return tiny_train_config(model, examples, out, **overrides)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
