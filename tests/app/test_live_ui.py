@@ -81,7 +81,7 @@ def test_playground_solves_continues_and_shows_the_vote(
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     driver = browser
     driver.get(f"{live.url}/ui")
@@ -125,6 +125,7 @@ def test_playground_solves_continues_and_shows_the_vote(
     assert len(stored(live, session_id)["turns"]) == 5
     driver.find_element(By.ID, "show-json").click()
     shown_json = driver.find_element(By.ID, "json")
+    WebDriverWait(driver, 30).until(lambda _: shown_json.text)  # the page fetches it
     assert session_id in shown_json.text
     assert driver.save_screenshot(str(tmp_path / "playground.png"))
     assert (tmp_path / "playground.png").stat().st_size > 10_000
