@@ -47,6 +47,7 @@ from app.errors import (
 from app.metrics import Metrics
 from app.sessions import Session, SessionStore, new_lease_token
 from app.settings import Settings
+from rise.affinity import new_session_ids
 from rise.engine.base import Engine, EngineError, PromptTooLongError
 from rise.episode import Episode, StopReason
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, stop_reason
@@ -175,12 +176,21 @@ class SolveService:
     # ---- building jobs ---------------------------------------------------------------------
 
     def new_job(
-        self, episodes: Sequence[Episode], plan: RequestPlan, owner: str | None
+        self,
+        episodes: Sequence[Episode],
+        plan: RequestPlan,
+        owner: str | None,
+        *,
+        root: str | None = None,
     ) -> SolveJob:
         """Check a new solve against the limits; its sessions are stored when it runs.
 
+        The episodes become sessions under one root (``root``, or a fresh one): the key proxies
+        and engine ranks keep a conversation's turns together by (rise.affinity).
         Raises PlanError, or PromptTooLongError when the first prompt does not fit.
         """
+        for episode, session_id in zip(episodes, new_session_ids(len(episodes), root), strict=True):
+            episode.id = session_id
         plan.check(self.limits, episodes)
         for episode in episodes[:1]:  # all episodes of one request share their first prompt
             prompt = self.loop.renderer.next_prompt_ids(

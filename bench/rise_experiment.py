@@ -114,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--variant-of", default=None, help="reuse this run's collection")
     p.add_argument("--control-of", default=None, help="single-turn control matched to this run")
+    p.add_argument("--base-of", default=None, help="reuse this run's base evaluations only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--summarize", nargs="*", default=None, metavar="RUN",
@@ -221,33 +222,44 @@ def same_settings(old: object, new: object, default: object) -> bool:
     return old == new
 
 
-def seed_variant(config: IterateConfig, source: Path, data: tuple) -> None:
-    """Start ``config.run_dir`` from ``source``'s base evaluations and iteration-0 collection."""
+def seed_variant(
+    config: IterateConfig, source: Path, data: tuple, *, collection: bool = True
+) -> None:
+    """Start ``config.run_dir`` from ``source``'s base evaluations and iteration-0 collection.
+
+    ``collection=False`` (``--base-of``) copies the base evaluations only: a run that collects
+    differently still compares against the very same base reports, without 27 minutes of
+    re-evaluating an unchanged model.
+    """
     target = Path(config.run_dir)
     if (target / MANIFEST).exists():
         return  # already seeded: resume
+    option = "--variant-of" if collection else "--base-of"
     old = load_manifest(source)
     ours = config.to_dict()
-    for key in ("collect", "model", "engine", "evaluate", "prompts"):
+    keys = ("collect", "model", "engine", "evaluate", "prompts")
+    for key in keys if collection else keys[1:]:
         if not same_settings(old["config"][key], ours[key], default_config().to_dict()[key]):
-            raise SystemExit(f"--variant-of {source}: '{key}' differs; pass the same settings")
+            raise SystemExit(f"{option} {source}: '{key}' differs; pass the same settings")
     target.mkdir(parents=True, exist_ok=True)
     manifest = open_manifest(target, config, data[0], data[1], data[2])
     if old["data"] != manifest["data"]:
-        raise SystemExit(f"--variant-of {source}: the problems differ")
+        raise SystemExit(f"{option} {source}: the problems differ")
     for folder in source.glob("eval*/base"):
         shutil.copytree(folder, target / folder.relative_to(source), dirs_exist_ok=True)
-    (target / "iter-0").mkdir(exist_ok=True)
-    shutil.copy2(source / "iter-0" / "trajectories.jsonl", target / "iter-0" / "trajectories.jsonl")
     manifest["evaluations"] = {"base": old["evaluations"]["base"]}
     manifest["extra_evaluations"] = {
         name: {"base": reports["base"]}
         for name, reports in old.get("extra_evaluations", {}).items()
     }
-    entry = old["iterations"][0]
-    manifest["iterations"] = [
-        {k: entry[k] for k in ("iteration", "policy", "trajectories", "collect")}
-    ]
+    if collection:
+        (target / "iter-0").mkdir(exist_ok=True)
+        trajectories = target / "iter-0" / "trajectories.jsonl"
+        shutil.copy2(source / "iter-0" / "trajectories.jsonl", trajectories)
+        entry = old["iterations"][0]
+        manifest["iterations"] = [
+            {k: entry[k] for k in ("iteration", "policy", "trajectories", "collect")}
+        ]
     manifest["stages"] = []  # this run's own stages only; the source's are in its manifest
     manifest["seeded_from"] = str(source)
     save_manifest(target, manifest)
@@ -267,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     data = datasets(args)
     if args.variant_of:
         seed_variant(config, Path(args.variant_of), data)
+    elif args.base_of:
+        seed_variant(config, Path(args.base_of), data, collection=False)
     if args.control_of:
         config.evaluate_base = False  # the base is the source run's
     manifest = run(config, data[0], data[1], data[2])

@@ -9,10 +9,11 @@ back without loss, so the service can persist sessions and the trainer can write
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
+
+from rise.affinity import new_root
 
 
 class Outcome(StrEnum):
@@ -91,11 +92,6 @@ class Turn:
         return cls(**kwargs)
 
 
-def new_episode_id() -> str:
-    """An unguessable id (128 bits), safe to expose as a session id."""
-    return secrets.token_urlsafe(16)
-
-
 @dataclass
 class Episode:
     """A problem and the turns taken on it so far."""
@@ -105,7 +101,7 @@ class Episode:
     grader: str = "math"
     # Messages before the first turn's user message (system prompt, a demonstration, earlier chat).
     context: list[dict[str, str]] = field(default_factory=list)
-    id: str = field(default_factory=new_episode_id)
+    id: str = field(default_factory=new_root)  # the session id (rise.affinity)
     turns: list[Turn] = field(default_factory=list)
     stop_reason: StopReason | None = None
     final_answer: str | None = None  # set by the loop from the vote or the last turn

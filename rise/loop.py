@@ -22,9 +22,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from rise.affinity import new_root, session_root
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
-from rise.episode import Episode, Outcome, StopReason, Turn, new_episode_id
+from rise.episode import Episode, Outcome, StopReason, Turn
 from rise.plan import DEFAULT_MAX_TURNS
 from rise.prompts import ChatRenderer
 from rise.voting import AnswerMode, FinalAnswer, Vote, final_answer
@@ -162,12 +163,15 @@ class TurnLoop:
         index = len(episode.turns)
         user_message = self.user_message(episode, index)
         prompt_ids = self.renderer.next_prompt_ids(episode, user_message, window)
-        request_id = request_id or f"{episode.id}-{index}-{new_episode_id()[:8]}"
+        request_id = request_id or f"{episode.id}-{index}-{new_root()[:8]}"
         output_ids: list[int] = []
         pieces: list[str] = []
         finish_reason, cached, first_token_s = "abort", 0, None
         start = time.perf_counter()
-        async for chunk in self.engine.generate(prompt_ids, sampling, request_id):
+        chunks = self.engine.generate(
+            prompt_ids, sampling, request_id, affinity=session_root(episode.id)
+        )
+        async for chunk in chunks:
             if chunk.token_ids and first_token_s is None:
                 first_token_s = time.perf_counter() - start
             output_ids += chunk.token_ids

@@ -30,6 +30,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.errors import ClientDisconnected, InvalidRequest, ServiceError, error_body
 from app.service import ServiceEvent, SolveJob, SolveResult, SolveService
+from rise.affinity import is_root, is_session_id, session_root
 from rise.answers import GRADER_NAMES
 from rise.engine.base import PromptTooLongError
 from rise.episode import Episode, Turn
@@ -248,19 +249,49 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # sends it back with the session's next turns, so a proxy can hash on it (nginx
 # ``hash $http_x_session_id consistent``) and the turns reach the replica holding the prefix cache.
 SESSION_HEADER = "X-Session-Id"
+"""Names a request's conversation; every response carries its session root (rise.affinity)."""
+AFFINITY_HEADER = "X-Rise-Affinity"
+"""Set by a proxy: the key it routed a request by (a root), for sessions the request creates."""
+
+
+def request_root(request: Request) -> str | None:
+    """The root a request's new sessions go under, so a proxy that hashed the request by it
+    routes their later turns to this replica: ``X-Session-Id``'s root (the client continues a
+    conversation, or names its own), else the proxy's ``X-Rise-Affinity``, else None (fresh).
+    """
+    given = request.headers.get(SESSION_HEADER)
+    if given is not None:
+        given = given.strip()
+        if not is_session_id(given):
+            raise InvalidRequest(
+                f"{SESSION_HEADER} must be a session id or a key of 8-64 letters, digits, "
+                f"'-' or '_'; got {given[:100]!r}",
+                param=SESSION_HEADER,
+            )
+        return session_root(given)
+    routed = request.headers.get(AFFINITY_HEADER)
+    if routed is not None:
+        routed = routed.strip()
+        if not is_root(routed):
+            raise InvalidRequest(
+                f"{AFFINITY_HEADER} must be 8-64 letters, digits, '-' or '_'; got {routed[:100]!r}",
+                param=AFFINITY_HEADER,
+            )
+        return routed
+    return None
 
 
 def check_session_header(request: Request, session_id: str) -> None:
-    """A request for ``session_id`` whose ``X-Session-Id`` names another session is a 400.
+    """A request for ``session_id`` whose ``X-Session-Id`` names another conversation is a 400.
 
-    The proxy routed it by the header: a mismatch is a client bug that would silently cost the
-    prefix cache (or reach a replica that has never seen the session's turns).
+    The header may be the session's id or its root. The proxy routed the request by it: a
+    mismatch is a client bug that would silently cost the prefix cache.
     """
     given = request.headers.get(SESSION_HEADER)
-    if given is not None and given.strip() != session_id:
+    if given is not None and given.strip() not in (session_id, session_root(session_id)):
         raise InvalidRequest(
-            f"the {SESSION_HEADER} header ({given.strip()!r}) names another session than the "
-            f"request ({session_id!r})",
+            f"the {SESSION_HEADER} header ({given.strip()[:100]!r}) names another session than "
+            f"the request ({session_id!r})",
             param=SESSION_HEADER,
         )
 
@@ -324,10 +355,10 @@ async def respond(
 ) -> Response:
     """Run ``job``: its events as SSE when ``stream``, else ``json_body(result)`` once done.
 
-    Either way the response carries ``X-Session-Id``: the job's session ids, comma-separated
-    (one per choice of a ``/v1`` request with ``n`` > 1).
+    Either way the response carries ``X-Session-Id``: the root the job's sessions share (the
+    ``n`` choices of a ``/v1`` request too), which the client sends back with its next turns.
     """
-    affinity = {SESSION_HEADER: ",".join(session.id for session in job.sessions)}
+    affinity = {SESSION_HEADER: session_root(job.sessions[0].id)}
     if stream:
         events = await cancel_on_disconnect(request, open_stream(service.run(job)))
         return StreamingResponse(

@@ -53,6 +53,7 @@ from app.api.common import (
     VotePublic,
     episode_from_messages,
     on_request,
+    request_root,
     respond,
     stream_error,
     turn_public,
@@ -500,7 +501,7 @@ async def create_chat_completion(
         plan = request_plan(body, service.defaults, service.model_name)
         plan.check(service.limits)  # before building n episodes
         episodes = request_episodes(body, plan, service.settings.default_grader)
-        job = service.new_job(episodes, plan, owner)
+        job = service.new_job(episodes, plan, owner, root=request_root(request))
         model = body.model or service.model_name
         usage = bool(body.stream_options and body.stream_options.include_usage)
         ids = body.return_token_ids

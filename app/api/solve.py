@@ -35,6 +35,7 @@ from app.api.common import (
     check_session_header,
     episode_from_messages,
     question_episode,
+    request_root,
     respond,
     sse,
     stream_error,
@@ -48,13 +49,14 @@ from app.deps import ServiceDep
 from app.errors import InvalidRequest
 from app.service import ServiceEvent, SolveJob, SolveResult, SolveService, Started
 from app.sessions import Session
+from rise.affinity import SESSION_ID_MAX_LENGTH, SESSION_ID_REGEX, session_root
 from rise.loop import TokenEvent, TurnEvent
 from rise.plan import CONTINUE_TURNS, RequestPlan, mode_rules
 from rise.voting import AnswerMode, final_answer
 
 # ---- protocol ----------------------------------------------------------------------------------
 
-SessionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+SessionId = Annotated[str, Field(pattern=f"^{SESSION_ID_REGEX}$")]
 
 
 class SamplingOptions(StrictRequest):
@@ -206,7 +208,8 @@ async def solve_job(
     else:
         messages = [m.model_dump() for m in body.messages or []]
         episode = episode_from_messages(messages, body.reference, grader)
-    return service.new_job([episode], turn_plan(service.defaults, body), owner)
+    plan = turn_plan(service.defaults, body)
+    return service.new_job([episode], plan, owner, root=request_root(request))
 
 
 # ---- translation: results → response -----------------------------------------------------------
@@ -307,7 +310,9 @@ async def _respond(
 # ---- router ------------------------------------------------------------------------------------
 
 router = APIRouter(tags=["solve"])
-SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{8,64}$", max_length=64)]
+SessionPath = Annotated[
+    str, Path(pattern=f"^{SESSION_ID_REGEX}$", max_length=SESSION_ID_MAX_LENGTH)
+]
 _SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}
 }
@@ -331,7 +336,7 @@ async def get_session(
     """A stored session: every turn, the vote, the conversation."""
     with wire_errors(_PARAMS):
         session = session_public(await service.load(session_id, owner))
-    response.headers[SESSION_HEADER] = session_id
+    response.headers[SESSION_HEADER] = session_root(session_id)
     return session
 
 

@@ -43,6 +43,18 @@ def derive_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
+def affinity_rank(key: str, size: int) -> int:
+    """The rank in ``range(size)`` that ``key`` (a session root) is pinned to.
+
+    A hash of the key's bytes, not Python's ``hash`` (salted per process), so every replica and
+    every restart pins a session to the same data-parallel rank, where its prefix is cached.
+    """
+    if size < 1:
+        raise ValueError("size must be >= 1")
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % size
+
+
 @dataclass(frozen=True)
 class GenerationChunk:
     """New tokens since the previous chunk of the same request."""
@@ -78,8 +90,15 @@ class Engine(Protocol):
     max_model_len: int
 
     def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
-    ) -> AsyncIterator[GenerationChunk]: ...
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream ``prompt_ids``'s continuation; ``affinity`` (a session root) keeps the
+        requests of one conversation on one engine rank, where its prefix is cached."""
+        ...
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -34,7 +34,13 @@ class EngineSettings(BaseSettings):
     max_model_len: int = Field(4096, ge=128, description="Context window in tokens.")
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV-cache size in GiB.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
-    tensor_parallel_size: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model copy is split over.")
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Model copies (vLLM data-parallel ranks) inside this engine, each on "
+        "tensor_parallel_size GPUs; a session stays on one rank, chosen from its id.",
+    )
     max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once.")
     block_size: int | None = Field(None, ge=1, description="KV block size (prefix-cache unit).")
     enforce_eager: bool | None = Field(

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rise.engine.base import EngineError, GenerationChunk, PromptTooLongError, SamplingConfig
+from rise.engine.base import (
+    EngineError,
+    GenerationChunk,
+    PromptTooLongError,
+    SamplingConfig,
+    affinity_rank,
+)
 from rise.engine.config import EngineSettings
 from rise.engine.models import prepare_model
 
@@ -52,6 +58,7 @@ class EngineLayout:
     model_path: str
     kwargs: dict[str, Any]
     per_request_seed: bool
+    data_parallel_size: int = 1
 
 
 def engine_layout(settings: EngineSettings, model_path: Path | str, gpu: bool) -> EngineLayout:
@@ -65,6 +72,7 @@ def engine_layout(settings: EngineSettings, model_path: Path | str, gpu: bool) -
         "enable_prefix_caching": settings.enable_prefix_caching,
         "enforce_eager": (not gpu) if settings.enforce_eager is None else settings.enforce_eager,
         "tensor_parallel_size": settings.tensor_parallel_size,
+        "data_parallel_size": settings.data_parallel_size,
         "max_num_seqs": settings.max_num_seqs,
         "seed": settings.seed,
     }
@@ -74,7 +82,8 @@ def engine_layout(settings: EngineSettings, model_path: Path | str, gpu: bool) -
         kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * _GIB)
     if settings.block_size is not None:
         kwargs["block_size"] = settings.block_size
-    return EngineLayout(str(model_path), kwargs, per_request_seed=gpu)
+    dp = settings.data_parallel_size
+    return EngineLayout(str(model_path), kwargs, per_request_seed=gpu, data_parallel_size=dp)
 
 
 def sampling_params(sampling: SamplingConfig, max_tokens: int, per_request_seed: bool) -> Any:
@@ -107,12 +116,14 @@ class VLLMEngine:
         model_name: str,
         max_model_len: int,
         per_request_seed: bool,
+        data_parallel_size: int = 1,
     ) -> None:
         self.llm = llm
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = max_model_len
         self.per_request_seed = per_request_seed
+        self.data_parallel_size = data_parallel_size
         self._in_flight = 0
 
     @classmethod
@@ -141,14 +152,26 @@ class VLLMEngine:
             model_name=model_name,
             max_model_len=int(layout.kwargs["max_model_len"]),
             per_request_seed=layout.per_request_seed,
+            data_parallel_size=layout.data_parallel_size,
         )
 
     @property
     def queue_depth(self) -> int:
         return self._in_flight
 
+    def rank_for(self, affinity: str | None) -> int | None:
+        """The data-parallel rank a session is pinned to (None: vLLM's load balancer picks,
+        as for a request of no session or an engine with one rank)."""
+        if affinity is None or self.data_parallel_size == 1:
+            return None
+        return affinity_rank(affinity, self.data_parallel_size)
+
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         from vllm.inputs import TokensPrompt
 
@@ -160,7 +183,10 @@ class VLLMEngine:
         self._in_flight += 1
         finished = False
         try:
-            async for out in self.llm.generate(prompt, params, request_id=request_id):
+            outputs = self.llm.generate(
+                prompt, params, request_id=request_id, data_parallel_rank=self.rank_for(affinity)
+            )
+            async for out in outputs:
                 completion = out.outputs[0]
                 finished = out.finished
                 yield GenerationChunk(

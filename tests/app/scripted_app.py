@@ -51,7 +51,11 @@ class TurnScriptEngine(ScriptedEngineBase):
         self.requests: list[tuple[str, SamplingConfig]] = []  # (decoded prompt, sampling)
 
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         prompt = self.tokenizer.decode(list(prompt_ids))
         self.requests.append((prompt, sampling))

@@ -314,4 +314,53 @@ async def test_every_response_names_its_session_for_the_proxy(
             json={"messages": [{"role": "user", "content": "2 + 2?"}], "n": 2},
         )
         ids = [c["rise"]["session_id"] for c in chat.json()["choices"]]
-        assert chat.headers["X-Session-Id"] == ",".join(ids)
+        root = chat.headers["X-Session-Id"]
+        assert ids[0] == root and ids[1].startswith(f"{root}.") and len(set(ids)) == 2
+
+
+async def test_a_conversation_keeps_one_root_across_requests(
+    engine: TurnScriptEngine, tmp_path: Path
+) -> None:
+    """New sessions go under the root the request names (the client's ``X-Session-Id``, else
+    the proxy's ``X-Rise-Affinity``), so a proxy hashing the root keeps a chat on one replica."""
+    chat_body = {"messages": [{"role": "user", "content": "2 + 2?"}]}
+    async with serve(engine, tmp_path) as client:
+        first = await client.post("/v1/chat/completions", json=chat_body)
+        root = first.headers["X-Session-Id"]
+        assert first.json()["choices"][0]["rise"]["session_id"] == root
+        # the chat's next request sends the root back: a new session, under the same root
+        second = await client.post(
+            "/v1/chat/completions", json=chat_body, headers={"X-Session-Id": root}
+        )
+        second_id = second.json()["choices"][0]["rise"]["session_id"]
+        assert second.headers["X-Session-Id"] == root and second_id.startswith(f"{root}.")
+        # a full session id as the header means its root
+        third = await client.post(
+            "/solve", json={"question": "2 + 2?", "max_turns": 1},
+            headers={"X-Session-Id": second_id},
+        )  # fmt: skip
+        assert third.json()["session_id"].startswith(f"{root}.")
+        # a client may name its own conversation key; the suffix keeps the id unguessable
+        own = await client.post(
+            "/solve", json={"question": "2 + 2?", "max_turns": 1},
+            headers={"X-Session-Id": "my-own-key-1"},
+        )  # fmt: skip
+        own_id = own.json()["session_id"]
+        assert own_id.startswith("my-own-key-1.") and len(own_id) > len("my-own-key-1.") + 8
+        more = await client.post(
+            f"/sessions/{own_id}/turns", json={}, headers={"X-Session-Id": "my-own-key-1"}
+        )
+        assert more.status_code == 200 and more.headers["X-Session-Id"] == "my-own-key-1"
+        # the proxy's routing key is the root of new sessions, and ignored by continuations
+        routed = await client.post(
+            "/solve", json={"question": "2 + 2?", "max_turns": 1},
+            headers={"X-Rise-Affinity": "proxykey0123"},
+        )  # fmt: skip
+        assert routed.json()["session_id"].startswith("proxykey0123.")
+        continued = await client.post(
+            "/solve", json={"session_id": own_id}, headers={"X-Rise-Affinity": "proxykey0123"}
+        )
+        assert continued.status_code == 200 and continued.json()["session_id"] == own_id
+        for header, value in (("X-Session-Id", "bad key!"), ("X-Rise-Affinity", "short")):
+            bad = await client.post("/solve", json={"question": "2 + 2?"}, headers={header: value})
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == header

@@ -54,7 +54,11 @@ class ScriptedEngine(ScriptedEngineBase):
         return self._in_flight
 
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         ids = self.reply_ids(REPLY)
         self._in_flight += 1

@@ -31,11 +31,17 @@ class ScriptedEngine(ScriptedEngineBase):
         self.requests: list[tuple[str, list[int], SamplingConfig]] = []
         self.aborted: list[str] = []
         self.finished: list[str] = []
+        self.affinities: list[str | None] = []
 
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         self.requests.append((request_id, list(prompt_ids), sampling))
+        self.affinities.append(affinity)
         prompt = self.tokenizer.decode(prompt_ids)
         question = next(q for q in self.script if q in prompt)
         turn = prompt.count("<|im_start|>assistant") - 1
@@ -88,6 +94,15 @@ async def test_loop_runs_fixed_turns_and_votes(tiny_tokenizer) -> None:
     assert two.final_answer == "2"
     assert none.answers[:3] == [None, None, None] and none.final_answer == "8"
     assert len(engine.requests) == 15
+
+
+async def test_loop_pins_every_turn_to_its_session_root(tiny_tokenizer) -> None:
+    """The engine gets the session root as affinity (a data-parallel engine pins it to a rank)."""
+    loop, engine = _loop(tiny_tokenizer)
+    episode = new_episode(next(iter(SCRIPT)), grader="math")
+    episode.id = "conversation1.abc"
+    await loop.run([episode], LoopConfig(max_turns=3))
+    assert engine.affinities == ["conversation1"] * 3
 
 
 async def test_loop_derives_a_seed_per_episode_and_turn(tiny_tokenizer) -> None:
@@ -196,7 +211,7 @@ async def test_loop_first_prompt_too_long_is_an_error(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     engine.max_model_len = 10
 
-    async def refuse(prompt_ids, sampling, request_id):
+    async def refuse(prompt_ids, sampling, request_id, affinity=None):
         raise PromptTooLongError(len(prompt_ids), 10)
         yield  # pragma: no cover
 

@@ -62,7 +62,11 @@ class SeedScriptedEngine(ScriptedEngineBase):
         self.fail_on: int | None = None  # problem index whose request raises
 
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         key = self.by_seed[sampling.seed]
         self.requests.append(key)
@@ -313,10 +317,10 @@ async def test_schedule_one_attempt_then_best_of_n(tmp_path, tiny_tokenizer) -> 
     temperatures: dict[int, set[float]] = {}
 
     class Recording(SeedScriptedEngine):
-        async def generate(self, prompt_ids, sampling, request_id):
+        async def generate(self, prompt_ids, sampling, request_id, affinity=None):
             turn = self.by_seed[sampling.seed][1]
             temperatures.setdefault(turn, set()).add(sampling.temperature)
-            async for chunk in super().generate(prompt_ids, sampling, request_id):
+            async for chunk in super().generate(prompt_ids, sampling, request_id, affinity):
                 yield chunk
 
     engine = Recording(tiny_tokenizer, probs, script, config)

@@ -186,7 +186,11 @@ class TurnScriptedEngine(ScriptedEngineBase):
         self.seeds: list[int | None] = []
 
     async def generate(
-        self, prompt_ids: Sequence[int], sampling: SamplingConfig, request_id: str
+        self,
+        prompt_ids: Sequence[int],
+        sampling: SamplingConfig,
+        request_id: str,
+        affinity: str | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         self.seeds.append(sampling.seed)
         turn = self.tokenizer.decode(prompt_ids).count("<|im_start|>assistant") - 1
