@@ -9,6 +9,8 @@
 #   /usr/bin/prometheus       Debian's Prometheus: scrapes the live app and answers the
 #                             dashboard's and the autoscaler's queries in a test
 #   /usr/bin/chromium, chromedriver  Debian's Chromium: the /ui playground's browser test
+#   /usr/sbin/nginx           Debian's nginx: checks docker/nginx/rise.conf and routes two live
+#                             replicas in tests/app/test_live_replicas.py
 #   hadolint, kubernetes-validate: PyPI, from the project's dev extra (checked here, not installed)
 # Idempotent and quick when everything is in place; exits non-zero with a message on failure.
 set -euo pipefail
@@ -49,6 +51,21 @@ if ! command -v prometheus >/dev/null 2>&1; then
     { $SUDO systemctl stop prometheus || $SUDO service prometheus stop; } >/dev/null 2>&1 || true
 fi
 prometheus --version >/dev/null 2>&1 || fail "prometheus is installed but does not run"
+
+# --- Debian: nginx (the session-affine proxy's config, run for real in front of two replicas)
+if [ ! -x /usr/sbin/nginx ]; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! $SUDO apt-get install -y --no-install-recommends nginx >/dev/null 2>&1; then
+        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
+        $SUDO apt-get install -y --no-install-recommends nginx >/dev/null \
+            || fail "apt-get install nginx failed"
+    fi
+    # the package starts a system service on :80; the tests run their own instances
+    { $SUDO systemctl stop nginx || $SUDO service nginx stop; } >/dev/null 2>&1 || true
+fi
+/usr/sbin/nginx -v >/dev/null 2>&1 || fail "nginx is installed but does not run"
 
 # --- Debian: chromium + chromedriver (the /ui playground test drives them through Selenium) ----
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from app.api.common import SESSION_HEADER
 from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
 from app.settings import DEFAULT_PORT, Settings
 
@@ -37,12 +38,14 @@ VENV_BIN = Path(sys.executable).parent
 
 DOCKERFILES = ["Dockerfile", "Dockerfile.cpu"]
 PROFILES = {
-    "cpu": {"app-cpu", "redis", "prometheus", "grafana"},
-    "gpu": {"app-gpu", "redis", "prometheus", "grafana"},
+    "cpu": {"app-cpu", "proxy-cpu", "redis", "prometheus", "grafana"},
+    "gpu": {"app-gpu", "proxy-gpu", "redis", "prometheus", "grafana"},
     "train": {"train"},
     "train-gpu": {"train-gpu"},
 }
 APP_SERVICES = {"cpu": "app-cpu", "gpu": "app-gpu"}
+PROXY_SERVICES = {"cpu": "proxy-cpu", "gpu": "proxy-gpu"}
+NGINX = DOCKER / "nginx"
 RISE_SERVICES = ["app-cpu", "app-gpu", "train", "train-gpu"]
 OVERLAYS = {"cpu": "k8s/overlays/cpu", "gpu": "k8s/overlays/gpu", "train": "k8s/train"}
 SERVED_OVERLAYS = ["cpu", "gpu"]
@@ -330,9 +333,59 @@ def test_compose_app_listens_on_settings_port(profile: str) -> None:
     env = app["environment"]
     assert env["RISE_HOST"] == "0.0.0.0"
     assert int(env["RISE_PORT"]) == DEFAULT_PORT
-    assert [int(p["target"]) for p in app["ports"]] == [DEFAULT_PORT]
+    assert not app.get("ports"), "replicas are reached through the proxy, which publishes"
+    assert [int(p) for p in app["expose"]] == [DEFAULT_PORT]
     mounts = {v["target"]: v for v in app["volumes"]}
     assert mounts[env["RISE_DATA_DIR"]]["type"] == "volume", "the model cache is a named volume"
+
+
+@pytest.mark.parametrize("profile", sorted(PROXY_SERVICES))
+def test_compose_proxy_publishes_the_app_port_and_routes_to_every_replica(profile: str) -> None:
+    """nginx is the published port; its config is the shipped one; its upstream name is the
+    alias every app replica answers to, on the app's port; it starts once the app is healthy."""
+    services = _compose(profile)["services"]
+    proxy, app = services[PROXY_SERVICES[profile]], APP_SERVICES[profile]
+    assert [(int(p["target"]), p["published"]) for p in proxy["ports"]] == [(8000, "8000")]
+    assert proxy["depends_on"][app]["condition"] == "service_healthy"
+    mounts = {Path(v["source"]).name: v["target"] for v in proxy["volumes"]}
+    assert mounts == {
+        "rise.conf": "/etc/nginx/conf.d/default.conf",
+        "replicas.conf": "/etc/nginx/replicas.conf",  # rise.conf's relative include
+    }
+    assert "listen 8000;" in (NGINX / "rise.conf").read_text()
+    servers = re.findall(r"^server\s+([^:\s]+):(\d+)", (NGINX / "replicas.conf").read_text(), re.M)
+    assert servers == [(alias, str(DEFAULT_PORT)) for alias in _app_aliases(app)]
+
+
+def nginx_test_config(tmp_path: Path, listen: str, replicas: list[str]) -> Path:
+    """A runnable nginx.conf in ``tmp_path`` around the shipped docker/nginx/rise.conf: only its
+    listen address and the replica list (replicas.conf) are this machine's."""
+    rise_conf = (NGINX / "rise.conf").read_text()
+    assert rise_conf.count("listen 8000;") == 1
+    (tmp_path / "rise.conf").write_text(rise_conf.replace("listen 8000;", f"listen {listen};"))
+    (tmp_path / "replicas.conf").write_text(
+        "".join(f"server {r} max_fails=1 fail_timeout=10s;\n" for r in replicas)
+    )
+    temp = {k: tmp_path / k for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'} warn;\n"
+        "daemon off;\nevents {}\nhttp {\n    access_log off;\n"
+        + "".join(f"    {k}_temp_path {v};\n" for k, v in temp.items())
+        + "    include rise.conf;\n}\n"
+    )
+    return main
+
+
+def test_nginx_proxy_config_passes_nginx_t(tmp_path: Path) -> None:
+    """Debian's nginx accepts the shipped routing (the live two-replica test runs it)."""
+    nginx = _tool("nginx", Path("/usr/sbin/nginx"))
+    main = nginx_test_config(tmp_path, "127.0.0.1:18000", ["127.0.0.1:18001", "127.0.0.1:18002"])
+    _run([nginx, "-t", "-p", str(tmp_path), "-c", str(main)])
+    rise_conf = (NGINX / "rise.conf").read_text()
+    assert "hash $rise_affinity consistent;" in rise_conf
+    assert "proxy_set_header X-Rise-Affinity $rise_affinity;" in rise_conf
+    assert "proxy_buffering off;" in rise_conf  # SSE
 
 
 @pytest.mark.parametrize("service", RISE_SERVICES)
@@ -525,6 +578,23 @@ def test_kustomize_servicemonitor_scrapes_service_metrics(overlay: str) -> None:
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
     assert re.fullmatch(r"\d+s", endpoint["interval"])
+
+
+@pytest.mark.parametrize("overlay", SERVED_OVERLAYS)
+def test_kustomize_ingress_hashes_the_session_header_to_the_service(overlay: str) -> None:
+    """ingress-nginx routes by X-Session-Id (the header the app reads and returns) to the
+    Service's http port, unbuffered for SSE."""
+    docs = _kustomize(overlay)
+    ingress = _one(docs, "Ingress", "rise")
+    annotations = ingress["metadata"]["annotations"]
+    header = annotations["nginx.ingress.kubernetes.io/upstream-hash-by"]
+    assert header == "$http_" + SESSION_HEADER.lower().replace("-", "_")
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    service = _one(docs, "Service", backend["name"])
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
 
 
 @pytest.mark.parametrize("overlay", SERVED_OVERLAYS)
