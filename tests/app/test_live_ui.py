@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import KEY_A, LiveServer
+from bench.processes import LiveServer
+from tests.app.conftest import KEY_A
 
 pytestmark = pytest.mark.slow
 

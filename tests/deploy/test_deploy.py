@@ -29,6 +29,7 @@ import yaml
 from app.api.common import SESSION_HEADER
 from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
 from app.settings import DEFAULT_PORT, Settings
+from bench.processes import NginxProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -357,31 +358,10 @@ def test_compose_proxy_publishes_the_app_port_and_routes_to_every_replica(profil
     assert servers == [(alias, str(DEFAULT_PORT)) for alias in _app_aliases(app)]
 
 
-def nginx_test_config(tmp_path: Path, listen: str, replicas: list[str]) -> Path:
-    """A runnable nginx.conf in ``tmp_path`` around the shipped docker/nginx/rise.conf: only its
-    listen address and the replica list (replicas.conf) are this machine's."""
-    rise_conf = (NGINX / "rise.conf").read_text()
-    assert rise_conf.count("listen 8000;") == 1
-    (tmp_path / "rise.conf").write_text(rise_conf.replace("listen 8000;", f"listen {listen};"))
-    (tmp_path / "replicas.conf").write_text(
-        "".join(f"server {r} max_fails=1 fail_timeout=10s;\n" for r in replicas)
-    )
-    temp = {k: tmp_path / k for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    main = tmp_path / "nginx.conf"
-    main.write_text(
-        f"pid {tmp_path / 'nginx.pid'};\nerror_log {tmp_path / 'error.log'} warn;\n"
-        "daemon off;\nevents {}\nhttp {\n    access_log off;\n"
-        + "".join(f"    {k}_temp_path {v};\n" for k, v in temp.items())
-        + "    include rise.conf;\n}\n"
-    )
-    return main
-
-
 def test_nginx_proxy_config_passes_nginx_t(tmp_path: Path) -> None:
     """Debian's nginx accepts the shipped routing (the live two-replica test runs it)."""
     nginx = _tool("nginx", Path("/usr/sbin/nginx"))
-    main = nginx_test_config(tmp_path, "127.0.0.1:18000", ["127.0.0.1:18001", "127.0.0.1:18002"])
-    _run([nginx, "-t", "-p", str(tmp_path), "-c", str(main)])
+    NginxProxy(tmp_path, ["127.0.0.1:18001", "127.0.0.1:18002"], binary=nginx).check()
     rise_conf = (NGINX / "rise.conf").read_text()
     assert "hash $rise_affinity consistent;" in rise_conf
     assert "proxy_set_header X-Rise-Affinity $rise_affinity;" in rise_conf
