@@ -122,6 +122,8 @@ def parse_assignments(items: list[str] | dict[str, Any] | None) -> dict[str, Any
             value = json.loads(text)  # numbers (1e-5 too), true/false, null, lists
         except json.JSONDecodeError:
             value = yaml.safe_load(text) if text.strip() else ""
+            if isinstance(value, bool):
+                value = text.strip()  # YAML 1.1 reads no/yes/on/off as booleans: save_strategy=no
         out[key.strip().replace("-", "_")] = value
     return out
 

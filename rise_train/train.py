@@ -401,6 +401,8 @@ class TrainResult:
     log_history: list[dict[str, Any]]
     dropped_examples: int = 0
     pairs: int = 0  # preference pairs trained on (each with precomputed reference log-probs)
+    world_size: int = 1  # training processes (DDP/FSDP/DeepSpeed ranks)
+    distributed_backend: str | None = None  # torch.distributed's: "gloo" on CPU, "nccl" on GPUs
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -445,6 +447,7 @@ def fit(config: TrainConfig) -> TrainResult:
             autocast_dtype=amp,
         )
         logger.info("reference log-probs of %d preference pairs computed", n)
+    logger.info("training in %d process(es), %s", config.world_size, config.parallel_mode.value)
     trainer = WeightedSFTTrainer(
         model=model,
         args=config,
@@ -473,11 +476,20 @@ def fit(config: TrainConfig) -> TrainResult:
         log_history=history,
         dropped_examples=dataset.dropped,
         pairs=dataset.n_pairs,
+        world_size=config.world_size,
+        distributed_backend=_backend(),
     )
     if trainer.is_world_process_zero():
         summary = {k: v for k, v in vars(result).items() if k != "model_dir"}
         (out / "rise_train_result.json").write_text(json.dumps(summary, indent=1))
     return result
+
+
+def _backend() -> str | None:
+    """The process group's backend, when training ran in several processes."""
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else None
 
 
 def train(config: TrainConfig) -> Path:

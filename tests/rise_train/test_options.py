@@ -229,3 +229,19 @@ def test_build_and_evaluate_configs_from_defaults() -> None:
     assert {s.field for s in cli.EVALUATE.specs()} == {
         f.name for f in dataclasses.fields(EvalConfig)
     } - {"seed"}
+
+
+def test_train_arg_values_are_typed_but_words_stay_words() -> None:
+    """``save_strategy=no`` is the string "no" (YAML 1.1 would read a boolean False)."""
+    from rise_train.config import parse_assignments
+
+    parsed = parse_assignments(
+        ["save_strategy=no", "optim=sgd", "bf16=true", "learning_rate=1e-5", "warmup-steps=3"]
+    )
+    assert parsed == {
+        "save_strategy": "no",
+        "optim": "sgd",
+        "bf16": True,
+        "learning_rate": 1e-5,
+        "warmup_steps": 3,
+    }
