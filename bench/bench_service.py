@@ -32,8 +32,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,10 +43,14 @@ from pathlib import Path
 
 import httpx
 
-from rise.engine.config import EngineSettings
-from rise.prompts import PromptConfig
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repository is not
+    sys.path.insert(0, str(REPO))
+
+from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
+from rise.engine.config import EngineSettings  # noqa: E402
+from rise.prompts import PromptConfig  # noqa: E402
+
 TURNS = 5
 PROMPTS = PromptConfig()
 
@@ -134,34 +136,6 @@ async def drive(
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # the engine core left behind, if any
-
-
 # ---- the three systems ---------------------------------------------------------------------
 # Each is started once, then gives ``solve(question, result)``; all three stay up so that every
 # round measures them back to back under the same background load (this machine is shared).
@@ -215,11 +189,11 @@ class Subprocess:
 
     async def wait(self) -> None:
         assert self.proc is not None
-        await asyncio.to_thread(wait_http, self.ready_url, self.proc)
+        await asyncio.to_thread(wait_ready, self.ready_url, self.proc, str, 300, "server")
 
     async def stop(self) -> None:
         if self.proc is not None:
-            await asyncio.to_thread(stop, self.proc)
+            await asyncio.to_thread(stop_process, self.proc)
 
 
 class Service(Subprocess):
