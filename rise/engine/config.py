@@ -29,7 +29,9 @@ class EngineSettings(BaseSettings):
         Path.home() / ".cache" / "rise", description="Cache for prepared models and engine files."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = float32 on CPU (bf16 is slower on AVX2), bfloat16 on GPU."
+        "auto",
+        description="auto = bfloat16 on GPUs and on CPUs with AVX512-BF16 or AMX (checked in "
+        "/proc/cpuinfo, logged at start), float32 on other CPUs (bf16 is slower on AVX2).",
     )
     max_model_len: int = Field(4096, ge=128, description="Context window in tokens.")
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV-cache size in GiB.")

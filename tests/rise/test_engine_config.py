@@ -11,7 +11,12 @@ import pytest
 
 from rise.engine import EngineSettings, SamplingConfig
 from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
-from rise.engine.vllm_engine import configure_cpu_environment, engine_layout, sampling_params
+from rise.engine.vllm_engine import (
+    configure_cpu_environment,
+    cpu_flags,
+    engine_layout,
+    sampling_params,
+)
 
 
 def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
@@ -24,6 +29,31 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
     assert layout.kwargs["block_size"] == 32
     assert "gpu_memory_utilization" not in layout.kwargs
     assert layout.per_request_seed is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "dtype"),
+    [
+        (frozenset({"avx2", "fma"}), "float32"),
+        (frozenset({"avx512f", "avx512_bf16"}), "bfloat16"),
+        (frozenset({"avx512f", "amx_tile", "amx_bf16"}), "bfloat16"),
+    ],
+)
+def test_auto_dtype_on_cpu_follows_native_bf16(flags, dtype, tmp_path: Path) -> None:
+    layout = engine_layout(EngineSettings(), tmp_path, gpu=False, flags=flags)
+    assert layout.kwargs["dtype"] == dtype
+    assert layout.dtype_reason.startswith("CPU with ") == (dtype == "bfloat16")
+    # a dtype that is set is kept, whatever the CPU
+    fixed = engine_layout(EngineSettings(dtype="float32"), tmp_path, gpu=False, flags=flags)
+    assert (fixed.kwargs["dtype"], fixed.dtype_reason) == ("float32", "set")
+
+
+def test_cpu_flags_reads_this_machines_cpuinfo() -> None:
+    flags = cpu_flags()
+    if Path("/proc/cpuinfo").exists():
+        assert "fpu" in flags or "sse2" in flags or "neon" in flags or "asimd" in flags, flags
+    else:
+        assert flags == frozenset()
 
 
 def test_engine_layout_gpu_uses_bf16_graphs_and_memory_share(tmp_path: Path) -> None:
