@@ -369,6 +369,25 @@ def test_nginx_proxy_config_passes_nginx_t(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("service", RISE_SERVICES)
+def test_compose_engine_services_have_room_in_dev_shm(service: str) -> None:
+    """vLLM's engine core and worker share tensors in /dev/shm (160 MiB for the bundled model on
+    CPU); Docker's default 64 MiB stops the engine at start (seen in the podman image test)."""
+    shm = _compose(_profile_of(service))["services"][service].get("shm_size")
+    assert shm is not None and int(shm) >= 512 * 2**20, f"{service}: shm_size {shm}"
+
+
+@pytest.mark.parametrize("overlay", [*SERVED_OVERLAYS, "train"])
+def test_kustomize_engine_pods_mount_memory_dev_shm(overlay: str) -> None:
+    docs = _kustomize(overlay)
+    kind, name = ("Job", None) if overlay == "train" else ("Deployment", "rise")
+    spec = _pod_spec(_one(docs, kind, name))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert volumes[mount["name"]]["emptyDir"]["medium"] == "Memory"
+
+
+@pytest.mark.parametrize("service", RISE_SERVICES)
 def test_compose_env_names_are_settings_fields(service: str) -> None:
     env = _compose(_profile_of(service))["services"][service]["environment"]
     _assert_env_names_known(set(env), f"compose service {service}")
@@ -495,7 +514,9 @@ def test_dockerfile_is_multi_stage_on_pinned_bases(dockerfile: str) -> None:
     stages = [a for k, a in instructions if k == "FROM"]
     assert len(stages) >= 2
     for line in stages:
-        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], line.split()[0])
+        image = line.split()[0]
+        while "${" in image:  # an ARG's default may name another ARG
+            image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
         tag = image.rpartition(":")[2] if ":" in image else ""
         assert tag and tag != "latest" and "$" not in tag, f"{image} is not pinned to a version"
 
