@@ -65,6 +65,13 @@ def engine_settings(model_dir: Path, data_dir: Path, **overrides):
         kv_cache_gib=0.25,
         block_size=32,
         max_num_seqs=64,
+        # The engine tests compare exact tokens and texts of the random tiny model. dtype=auto
+        # is bf16 on CPUs with AVX512-BF16 now; there a length-cut greedy turn ended in an
+        # incomplete UTF-8 sequence, which vLLM's streamed text withholds ("...Solve") while
+        # decode(output_ids) shows it ("...Solve\ufffd\ufffd") — an edge of streaming
+        # detokenisation to settle under issue 13. These fixtures keep float32, the dtype their
+        # expectations were made in.
+        dtype="float32",
     )
     values.update(overrides)
     return EngineSettings(**values)
