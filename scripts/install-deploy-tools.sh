@@ -24,59 +24,45 @@ fail() { echo "install-deploy-tools: $*" >&2; exit 1; }
 
 [ -x "$VENV/bin/pip" ] || fail "no virtual environment at $VENV (create it first, or set VENV=...)"
 
-# --- Debian: docker-compose (v1) ----------------------------------------------------------------
-if [ ! -x "$COMPOSE_V1" ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null 2>&1; then
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+
+# apt_install PACKAGE...: install from Debian, refreshing the package lists only if needed.
+apt_install() {
+    if ! $SUDO apt-get install -y --no-install-recommends "$@" >/dev/null 2>&1; then
         $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
-        $SUDO apt-get install -y --no-install-recommends docker-compose >/dev/null \
-            || fail "apt-get install docker-compose failed"
+        $SUDO apt-get install -y --no-install-recommends "$@" >/dev/null \
+            || fail "apt-get install $* failed"
     fi
-fi
+}
+
+# stop_service NAME: the package starts a system service; the tests run their own instances.
+stop_service() {
+    { $SUDO systemctl stop "$1" || $SUDO service "$1" stop; } >/dev/null 2>&1 || true
+}
+
+# --- Debian: docker-compose (v1) ----------------------------------------------------------------
+[ -x "$COMPOSE_V1" ] || apt_install docker-compose
 "$COMPOSE_V1" version --short >/dev/null 2>&1 || fail "$COMPOSE_V1 is installed but does not run"
 
 # --- Debian: prometheus (a real server scrapes the live app in tests/app/test_live_prometheus.py)
 if ! command -v prometheus >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; then
-        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
-        $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null \
-            || fail "apt-get install prometheus failed"
-    fi
-    # the package starts a system service on :9090; the tests run their own instance
-    { $SUDO systemctl stop prometheus || $SUDO service prometheus stop; } >/dev/null 2>&1 || true
+    apt_install prometheus
+    stop_service prometheus  # :9090
 fi
 prometheus --version >/dev/null 2>&1 || fail "prometheus is installed but does not run"
 
 # --- Debian: nginx (the session-affine proxy's config, run for real in front of two replicas)
 if [ ! -x /usr/sbin/nginx ]; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! $SUDO apt-get install -y --no-install-recommends nginx >/dev/null 2>&1; then
-        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
-        $SUDO apt-get install -y --no-install-recommends nginx >/dev/null \
-            || fail "apt-get install nginx failed"
-    fi
-    # the package starts a system service on :80; the tests run their own instances
-    { $SUDO systemctl stop nginx || $SUDO service nginx stop; } >/dev/null 2>&1 || true
+    apt_install nginx
+    stop_service nginx  # :80
 fi
 /usr/sbin/nginx -v >/dev/null 2>&1 || fail "nginx is installed but does not run"
 
 # --- Debian: chromium + chromedriver (the /ui playground test drives them through Selenium) ----
 if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! $SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1; then
-        $SUDO apt-get update -qq >/dev/null || fail "apt-get update failed"
-        $SUDO apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null \
-            || fail "apt-get install chromium chromium-driver failed"
-    fi
+    apt_install chromium chromium-driver
 fi
 chromedriver --version >/dev/null 2>&1 || fail "chromedriver is installed but does not run"
 
