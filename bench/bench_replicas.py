@@ -338,9 +338,15 @@ def main() -> None:
             affinity = measure_affinity(running, args.sessions, args.max_tokens)
             print("\n== affinity: cached share of earlier-turn tokens on the next turn ==")
             print(json.dumps(affinity, indent=1))
-            kill = kill_under_traffic(running, max_tokens=max(4 * args.max_tokens, 256))
+            # long turns and an early kill, as in the test: on an idle machine a 256-token turn
+            # of the tiny model is over within a second, and the kill would hit no traffic
+            kill = kill_under_traffic(
+                running, max_tokens=max(8 * args.max_tokens, 512), kill_after_s=0.5
+            )
             print("\n== one replica SIGKILLed mid-traffic ==")
             print(json.dumps(kill, indent=1))
+        if kill["in_flight_on_killed_replica_at_kill"] == 0:
+            print("\nWARNING: the kill hit no request in flight: rerun with --max-tokens 128")
         print(
             f"\nthrough the proxy / one replica: {affinity['proxy_over_one_replica']:.2f} "
             f"(other replica, the control: "
