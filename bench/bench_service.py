@@ -204,17 +204,20 @@ class Service(Subprocess):
         self.url = f"http://127.0.0.1:{port}"
         self.args = args
         env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_")}
-        env.update(
-            RISE_MODEL=settings.model,
-            RISE_DATA_DIR=str(settings.data_dir),
-            RISE_PORT=str(port),
-            RISE_MAX_MODEL_LEN=str(settings.max_model_len),
-            RISE_KV_CACHE_GIB=str(settings.kv_cache_gib),
-            RISE_BLOCK_SIZE=str(settings.block_size),
-            RISE_MAX_NUM_SEQS=str(settings.max_num_seqs),
-            RISE_MAX_CONCURRENT_SOLVES=str(max_concurrency),
-            RISE_LOG_LEVEL="warning",
-        )
+        values = {
+            "RISE_MODEL": settings.model,
+            "RISE_DATA_DIR": settings.data_dir,
+            "RISE_PORT": port,
+            "RISE_MAX_MODEL_LEN": settings.max_model_len,
+            "RISE_KV_CACHE_GIB": settings.kv_cache_gib,
+            "RISE_BLOCK_SIZE": settings.block_size,
+            "RISE_MAX_NUM_SEQS": settings.max_num_seqs,
+            "RISE_MAX_CONCURRENT_SOLVES": max_concurrency,
+            "RISE_DTYPE": settings.dtype,
+            "RISE_LOG_LEVEL": "warning",
+        }
+        # Unset settings (None: the engine's own default) stay out of the environment.
+        env.update({name: str(value) for name, value in values.items() if value is not None})
         self.launch([sys.executable, "-m", "app"], env, f"{self.url}/ready")
 
     async def start(self) -> Solve:
