@@ -119,10 +119,14 @@ def test_cpu_image_serves_and_reuses_its_prepared_model_after_restart(
     volume = f"{name}-data"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # Its own network, as compose makes one: on a host whose default network was created by
+    # another backend (CNI), ports published on 127.0.0.1 were unreachable ("No route to host").
+    network = f"{name}-net"
     podman("volume", "create", volume)
+    podman("network", "create", network)
     try:
         podman(
-            "run", "-d", "--name", name, "--init", "--shm-size", "1g",
+            "run", "-d", "--name", name, "--init", "--shm-size", "1g", "--network", network,
             "-p", f"127.0.0.1:{port}:8000", "-v", f"{volume}:/data",
             "-e", "RISE_KV_CACHE_GIB=1", app_image,
         )  # fmt: skip
@@ -147,6 +151,7 @@ def test_cpu_image_serves_and_reuses_its_prepared_model_after_restart(
     finally:
         podman("rm", "-f", "-t", "5", name, check=False, timeout=120)
         podman("volume", "rm", "-f", volume, check=False)
+        podman("network", "rm", "-f", network, check=False)
 
 
 @pytest.fixture
