@@ -169,10 +169,16 @@ class TurnLoop:
         finish_reason, cached, first_token_s = "abort", 0, None
         start = time.perf_counter()
         chunks = self.engine.generate(
-            prompt_ids, sampling, request_id, affinity=session_root(episode.id)
+            prompt_ids,
+            sampling,
+            request_id,
+            affinity=session_root(episode.id),
+            stream=emit is not None,  # unwatched turns come whole: no per-token work here
         )
         async for chunk in chunks:
-            if chunk.token_ids and first_token_s is None:
+            if chunk.first_token_s is not None:
+                first_token_s = chunk.first_token_s
+            elif chunk.token_ids and first_token_s is None:
                 first_token_s = time.perf_counter() - start
             output_ids += chunk.token_ids
             pieces.append(chunk.text)

@@ -32,6 +32,7 @@ INTROSPECTION_TEMPLATE = (
 )
 
 _SENTINEL = "\u2063RISE-SENTINEL\u2063"
+_CONTINUATION_CACHE = 4096  # continuation renders a ChatRenderer remembers
 
 
 def fill(template: str, question: str) -> str:
@@ -97,6 +98,14 @@ class ChatRenderer:
         self.tokenizer = tokenizer
         self.prompts = prompts or PromptConfig()
         self.stop_token_ids = _stop_token_ids(tokenizer)
+        # The text each end-of-turn id stands for (continuation_ids drops it when emitted).
+        self._closings = [
+            tokenizer.decode([token_id], skip_special_tokens=False)
+            for token_id in self.stop_token_ids
+        ]
+        # continuation_ids' results: an episode's later turns all take the same introspection
+        # message, so turns 3..N reuse turn 2's render (a chat-template pass + a tokenizer call).
+        self._continuations: dict[tuple[str, bool], tuple[int, ...]] = {}
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
         return render_chat(self.tokenizer, messages, add_generation_prompt)
@@ -111,8 +120,19 @@ class ChatRenderer:
 
         Cut from a render of ``[user, assistant=SENTINEL, user=user_message]``: everything after
         the sentinel. When the model already emitted its end-of-turn token, the part of the
-        suffix that token stands for is dropped so it is not repeated.
+        suffix that token stands for is dropped so it is not repeated. Results are remembered
+        (the last ``_CONTINUATION_CACHE`` messages).
         """
+        key = (user_message, ended_with_eos)
+        cached = self._continuations.get(key)
+        if cached is None:
+            cached = tuple(self._render_continuation(user_message, ended_with_eos))
+            if len(self._continuations) >= _CONTINUATION_CACHE:
+                del self._continuations[next(iter(self._continuations))]  # the oldest
+            self._continuations[key] = cached
+        return list(cached)
+
+    def _render_continuation(self, user_message: str, ended_with_eos: bool) -> list[int]:
         messages = [
             {"role": "user", "content": "q"},
             {"role": "assistant", "content": _SENTINEL},
@@ -121,8 +141,7 @@ class ChatRenderer:
         text = render_chat_text(self.tokenizer, messages, add_generation_prompt=True)
         suffix = text[text.rindex(_SENTINEL) + len(_SENTINEL) :]
         if ended_with_eos:
-            for token_id in self.stop_token_ids:
-                closing = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            for closing in self._closings:
                 if closing and suffix.startswith(closing):
                     suffix = suffix[len(closing) :]
                     break

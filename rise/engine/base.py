@@ -64,6 +64,9 @@ class GenerationChunk:
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" on the last chunk
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (known once scheduled)
+    # Submit -> first token, as the engine measured it; set on the last chunk of an unstreamed
+    # request, where the caller saw no earlier chunk to time it by.
+    first_token_s: float | None = None
 
 
 class EngineError(RuntimeError):
@@ -95,9 +98,14 @@ class Engine(Protocol):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream ``prompt_ids``'s continuation; ``affinity`` (a session root) keeps the
-        requests of one conversation on one engine rank, where its prefix is cached."""
+        requests of one conversation on one engine rank, where its prefix is cached.
+
+        ``stream=False``: the caller wants only the whole output, and the engine may deliver it
+        as one chunk (no per-token work on the caller's event loop).
+        """
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -123,8 +123,11 @@ def engine_layout(
     )
 
 
-def sampling_params(sampling: SamplingConfig, max_tokens: int, per_request_seed: bool) -> Any:
-    """vLLM ``SamplingParams`` streaming deltas; the seed only where the backend supports it."""
+def sampling_params(
+    sampling: SamplingConfig, max_tokens: int, per_request_seed: bool, stream: bool = True
+) -> Any:
+    """vLLM ``SamplingParams``: deltas when streaming, else only the final output (vLLM then
+    builds no per-step output at all); the seed only where the backend supports it."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -134,9 +137,15 @@ def sampling_params(sampling: SamplingConfig, max_tokens: int, per_request_seed:
         max_tokens=max_tokens,
         seed=sampling.seed if per_request_seed else None,
         stop=list(sampling.stop) or None,
-        output_kind=RequestOutputKind.DELTA,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         skip_special_tokens=True,
     )
+
+
+def _first_token_s(out: Any) -> float | None:
+    """Submit -> first token from vLLM's request stats (kept while its stats logging is on)."""
+    latency = getattr(getattr(out, "metrics", None), "first_token_latency", None)
+    return float(latency) if latency else None
 
 
 def _closed(*args: Any, **kwargs: Any) -> None:
@@ -210,13 +219,16 @@ class VLLMEngine:
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         from vllm.inputs import TokensPrompt
 
         room = self.max_model_len - len(prompt_ids)
         if room < 1:
             raise PromptTooLongError(len(prompt_ids), self.max_model_len)
-        params = sampling_params(sampling, min(sampling.max_tokens, room), self.per_request_seed)
+        params = sampling_params(
+            sampling, min(sampling.max_tokens, room), self.per_request_seed, stream
+        )
         prompt = TokensPrompt(prompt_token_ids=list(prompt_ids))
         self._in_flight += 1
         finished = False
@@ -233,6 +245,7 @@ class VLLMEngine:
                     finished=out.finished,
                     finish_reason=completion.finish_reason,
                     cached_tokens=out.num_cached_tokens or 0,
+                    first_token_s=None if stream else _first_token_s(out),
                 )
         except (asyncio.CancelledError, GeneratorExit):
             raise  # AsyncLLM.generate aborts the request itself on both

@@ -56,6 +56,7 @@ class TurnScriptEngine(ScriptedEngineBase):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         prompt = self.tokenizer.decode(list(prompt_ids))
         self.requests.append((prompt, sampling))

@@ -59,6 +59,7 @@ class ScriptedEngine(ScriptedEngineBase):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         ids = self.reply_ids(REPLY)
         self._in_flight += 1

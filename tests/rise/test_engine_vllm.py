@@ -42,6 +42,24 @@ async def test_vllm_greedy_text_matches_output_ids(tiny_engine) -> None:
         assert tiny_engine.tokenizer.decode(turn.output_ids, skip_special_tokens=True) == turn.text
 
 
+async def test_vllm_unstreamed_request_is_one_chunk_equal_to_the_stream(tiny_engine) -> None:
+    """``stream=False`` (vLLM's FINAL_ONLY): one chunk holding what the streamed request's
+    deltas add up to, with the engine's own first-token time."""
+    renderer = ChatRenderer(tiny_engine.tokenizer)
+    episode = new_episode(QUESTIONS[1])
+    prompt = renderer.next_prompt_ids(episode, renderer.prompts.first_user_message(QUESTIONS[1]))
+    sampling = SamplingConfig(temperature=0.0, max_tokens=40)
+    streamed = [c async for c in tiny_engine.generate(prompt, sampling, "streamed")]
+    whole = [c async for c in tiny_engine.generate(prompt, sampling, "whole", stream=False)]
+    assert len(streamed) > 1 and len(whole) == 1
+    (chunk,) = whole
+    assert chunk.finished and chunk.finish_reason == streamed[-1].finish_reason
+    assert chunk.token_ids == [t for c in streamed for t in c.token_ids]
+    assert chunk.text == "".join(c.text for c in streamed)
+    assert chunk.first_token_s is not None and chunk.first_token_s > 0
+    assert all(c.first_token_s is None for c in streamed)
+
+
 async def test_vllm_oracle_stop(parrot_engine) -> None:
     loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
     right = [new_episode(q, reference="7", grader="gsm8k") for q in QUESTIONS[:4]]

@@ -20,6 +20,8 @@ from rise.loop import (
 from rise.prompts import ChatRenderer
 from tests.scripted_engine import ScriptedEngineBase
 
+ENGINE_FIRST_TOKEN_S = 0.25  # what the scripted engine reports for an unstreamed request
+
 
 class ScriptedEngine(ScriptedEngineBase):
     """Replies from a script keyed by question; the turn is read off the prompt itself."""
@@ -32,6 +34,7 @@ class ScriptedEngine(ScriptedEngineBase):
         self.aborted: list[str] = []
         self.finished: list[str] = []
         self.affinities: list[str | None] = []
+        self.streamed: list[bool] = []
 
     async def generate(
         self,
@@ -39,9 +42,11 @@ class ScriptedEngine(ScriptedEngineBase):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         self.requests.append((request_id, list(prompt_ids), sampling))
         self.affinities.append(affinity)
+        self.streamed.append(stream)
         prompt = self.tokenizer.decode(prompt_ids)
         question = next(q for q in self.script if q in prompt)
         turn = prompt.count("<|im_start|>assistant") - 1
@@ -49,6 +54,18 @@ class ScriptedEngine(ScriptedEngineBase):
         ids = self.tokenizer(reply, add_special_tokens=False)["input_ids"]
         ids = [*ids[: sampling.max_tokens - 1], self.tokenizer.eos_token_id]
         try:
+            if not stream:  # the whole output at once, timed by the engine (vLLM's FINAL_ONLY)
+                await asyncio.sleep(self.delay)
+                yield GenerationChunk(
+                    ids,
+                    self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finished=True,
+                    finish_reason="stop",
+                    cached_tokens=len(prompt_ids) // 2,
+                    first_token_s=ENGINE_FIRST_TOKEN_S,
+                )
+                self.finished.append(request_id)
+                return
             for i, token in enumerate(ids):
                 await asyncio.sleep(self.delay)
                 last = i == len(ids) - 1
@@ -194,6 +211,27 @@ async def test_loop_stream_emits_tokens_turns_then_episode(tiny_tokenizer) -> No
     assert isinstance(final, EpisodeEvent) and final.vote.total == 2
 
 
+async def test_loop_asks_for_whole_outputs_unless_tokens_are_watched(tiny_tokenizer) -> None:
+    """``run`` (nobody watches tokens) asks the engine for whole outputs and keeps the engine's
+    first-token time; a token stream asks for deltas and times the first one itself."""
+    loop, engine = _loop(tiny_tokenizer)
+    quiet = [new_episode(q, grader="math") for q in SCRIPT]
+    await loop.run(quiet, LoopConfig(max_turns=3))
+    assert engine.streamed == [False] * 9
+    assert [t.answer for t in quiet[0].turns] == ["3", "4", "4"]
+    assert quiet[0].turns[1].text == "b \\boxed{4}" and quiet[0].turns[1].ended_with_eos
+    assert all(t.first_token_s == ENGINE_FIRST_TOKEN_S for e in quiet for t in e.turns)
+
+    loop, engine = _loop(tiny_tokenizer)
+    watched = [new_episode(q, grader="math") for q in SCRIPT]
+    events = [e async for e in loop.stream(watched, LoopConfig(max_turns=3))]
+    assert engine.streamed == [True] * 9
+    assert sum(isinstance(e, TokenEvent) for e in events) > 9
+    texts = [[t.text for t in e.turns] for e in watched]
+    assert texts == [[t.text for t in e.turns] for e in quiet]
+    assert all(t.first_token_s != ENGINE_FIRST_TOKEN_S for e in watched for t in e.turns)
+
+
 async def test_loop_closing_stream_cancels_engine_requests(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer, delay=0.01)
     episodes = [new_episode(q) for q in SCRIPT]
@@ -211,7 +249,7 @@ async def test_loop_first_prompt_too_long_is_an_error(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     engine.max_model_len = 10
 
-    async def refuse(prompt_ids, sampling, request_id, affinity=None):
+    async def refuse(prompt_ids, sampling, request_id, affinity=None, stream=True):
         raise PromptTooLongError(len(prompt_ids), 10)
         yield  # pragma: no cover
 

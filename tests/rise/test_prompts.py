@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rise import prompts as prompts_module
 from rise.episode import Episode, Turn
 from rise.prompts import (
     FIRST_TURN_TEMPLATE,
@@ -71,6 +72,29 @@ def test_continuation_closes_turn_cut_by_length(tiny_tokenizer) -> None:
     open_ = tiny_tokenizer.decode(renderer.continuation_ids("again", ended_with_eos=False))
     assert open_ == "<|im_end|>" + closed
     assert closed == "\n<|im_start|>user\nagain<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_continuation_is_remembered_and_bounded(tiny_tokenizer, monkeypatch) -> None:
+    """A repeated introspection message is rendered once; callers get their own list; the
+    memory keeps the most recent renders only."""
+    monkeypatch.setattr(prompts_module, "_CONTINUATION_CACHE", 2)
+    renderer = ChatRenderer(tiny_tokenizer)
+    renders: list[str] = []
+    real = renderer._render_continuation
+
+    def counting(message: str, ended_with_eos: bool) -> list[int]:
+        renders.append(message)
+        return real(message, ended_with_eos)
+
+    renderer._render_continuation = counting  # type: ignore[method-assign]
+    first = renderer.continuation_ids("again", ended_with_eos=True)
+    first.append(-1)  # the caller's copy: the remembered ids stay intact
+    again = renderer.continuation_ids("again", ended_with_eos=True)
+    assert again == real("again", True) and renders == ["again"]
+    assert renderer.continuation_ids("again", ended_with_eos=False) == real("again", False)
+    renderer.continuation_ids("other", ended_with_eos=True)  # evicts the oldest ("again", True)
+    renderer.continuation_ids("again", ended_with_eos=True)
+    assert renders == ["again", "again", "other", "again"]
 
 
 def test_window_keeps_problem_and_last_attempts(tiny_tokenizer) -> None:

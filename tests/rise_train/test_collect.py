@@ -67,6 +67,7 @@ class SeedScriptedEngine(ScriptedEngineBase):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         key = self.by_seed[sampling.seed]
         self.requests.append(key)
@@ -317,10 +318,10 @@ async def test_schedule_one_attempt_then_best_of_n(tmp_path, tiny_tokenizer) -> 
     temperatures: dict[int, set[float]] = {}
 
     class Recording(SeedScriptedEngine):
-        async def generate(self, prompt_ids, sampling, request_id, affinity=None):
+        async def generate(self, prompt_ids, sampling, request_id, affinity=None, stream=True):
             turn = self.by_seed[sampling.seed][1]
             temperatures.setdefault(turn, set()).add(sampling.temperature)
-            async for chunk in super().generate(prompt_ids, sampling, request_id, affinity):
+            async for chunk in super().generate(prompt_ids, sampling, request_id, affinity, stream):
                 yield chunk
 
     engine = Recording(tiny_tokenizer, probs, script, config)

@@ -191,6 +191,7 @@ class TurnScriptedEngine(ScriptedEngineBase):
         sampling: SamplingConfig,
         request_id: str,
         affinity: str | None = None,
+        stream: bool = True,
     ) -> AsyncIterator[GenerationChunk]:
         self.seeds.append(sampling.seed)
         turn = self.tokenizer.decode(prompt_ids).count("<|im_start|>assistant") - 1
