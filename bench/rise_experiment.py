@@ -12,6 +12,12 @@ resumes it where it stopped::
         --target dissimilar --first-turn unit --pairs fix
     # the single-turn control: turn-1-only rejection sampling with E1's sampled tokens
     python bench/rise_experiment.py --run-dir runs/control --control-of runs/e1
+    # E4: on-policy cycles with signed advantages (SCoRe-like): each iteration collects with
+    #     the latest model, weights every candidate by its advantage in its state (negative
+    #     for the worse ones), trains the clipped sequence ratio, and anchors turn 1 to the base
+    python bench/rise_experiment.py --run-dir runs/e4 --base-of runs/e1 --iterations 3 \\
+        --samples 2,4 --continue-after-correct --weighting advantage --progress-bonus 1 \\
+        --policy-clip 0.2 --anchor-kl 0.1
     # the tables of several runs side by side (no engine)
     python bench/rise_experiment.py --summarize runs/e1 runs/e2 runs/control
 
@@ -93,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rise: '... Please try again. Here's the question: {q}'; short: the paper's text",
     )  # fmt: skip
     p.add_argument("--criteria", default="all", choices=["all", "better", "best", "success"])
-    p.add_argument("--weighting", default="rwr", choices=["rwr", "awr", "uniform"])
+    p.add_argument("--weighting", default="rwr", choices=["rwr", "awr", "uniform", "advantage"])
     p.add_argument("--target", default="chosen", choices=["chosen", "dissimilar"])
     p.add_argument("--first-turn", default="full", choices=["full", "unit", "exclude"])
     p.add_argument("--progress-bonus", type=float, default=0.0)
@@ -105,6 +111,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-accum", type=int, default=2)
     p.add_argument("--max-length", type=int, default=1536, help="tokens per training example")
     p.add_argument("--pref-beta", type=float, default=0.1)
+    p.add_argument(
+        "--policy-clip", type=float, default=0.0, help="epsilon for signed advantages (E4)"
+    )
+    p.add_argument(
+        "--anchor-kl", type=float, default=0.0, help="turn-1 penalty towards the base (E4)"
+    )
     p.add_argument("--train-seed", type=int, default=0, help="seed of training only")
     p.add_argument("--seed", type=int, default=0, help="problems and sampling")
     p.add_argument("--dtype", default="bfloat16", help="engine dtype (every model the same)")
@@ -154,6 +166,8 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         "gradient_accumulation_steps": args.grad_accum, "max_length": args.max_length,
         "save_strategy": "no", "seed": args.train_seed, "pref_beta": args.pref_beta,
     }  # fmt: skip
+    if args.policy_clip:
+        train_args.update(policy_clip=args.policy_clip, anchor_kl_coef=args.anchor_kl)
     return IterateConfig(
         run_dir=args.run_dir, model=args.model, iterations=args.iterations, engine=engine,
         collect=CollectConfig(

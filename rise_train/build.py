@@ -29,11 +29,20 @@ drops repeated (prompt, target) pairs across the whole input.
 - ``awr``: w = max(0, exp(r/τ) - mean exp(r'/τ)), the mean over every attempt at the same
   problem (all candidates of all its turns); zero-weight examples are dropped.
 - ``uniform``: w = 1.
+- ``advantage`` (signed, for on-policy cycles trained with ``--policy-clip``; SCoRe/RLOO): every
+  candidate of every state becomes an example with w = r − b, where b is the mean reward of the
+  *other* candidates of the same state (leave-one-out) or, for a state with one candidate (RISE's
+  single turn-1 sample), the mean reward of every candidate at that turn number in the input.
+  Samples worse than their state's others get negative weights; ``criteria`` must be ``all``.
+  A negative example is never de-duplicated (a copied wrong attempt is exactly what it should
+  push down), and ``dedup`` (repeated prompt + target) is off: identical on-policy samples are
+  two samples.
 
 then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
 answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
 ``exclude``; and for later turns the SCoRe-style **progress bonus** w += α·(r_t − r_{t−1})
-(``progress_bonus`` = α; a right→wrong target can go to 0 and is then dropped). SCoRe shapes
+(``progress_bonus`` = α; a right→wrong target can go to 0 and is then dropped; under
+``advantage`` the bonus is signed too, and ``unit`` keeps only the sign). SCoRe shapes
 the RL reward with α·(r2 − r1); in reward-weighted regression the weight is the lever, and an
 additive bonus keeps exp(r/τ)'s scale instead of exp(α/τ) overflowing it.
 
@@ -78,7 +87,7 @@ from rise_train.similarity import edit_ratio
 __all__ = ["IGNORE_INDEX", "BuildConfig", "BuildStats", "build", "build_examples"]
 
 CRITERIA = ("all", "better", "best", "success")
-WEIGHTINGS = ("rwr", "awr", "uniform")
+WEIGHTINGS = ("rwr", "awr", "uniform", "advantage")
 TARGETS = ("chosen", "dissimilar")
 FIRST_TURN = ("full", "unit", "exclude")
 PAIRS = ("none", "fix", "fix+keep")
@@ -91,8 +100,9 @@ class BuildConfig:
     criteria: Literal["all", "better", "best", "success"] = field(
         default="all", metadata={"help": "Which actions to keep: all | better | best | success."}
     )
-    weighting: Literal["rwr", "awr", "uniform"] = field(
-        default="rwr", metadata={"help": "Example weight: rwr exp(r/tau) | awr | uniform."}
+    weighting: Literal["rwr", "awr", "uniform", "advantage"] = field(
+        default="rwr",
+        metadata={"help": "Example weight: rwr exp(r/tau) | awr | uniform | advantage (signed)."},
     )
     tau: float = field(default=0.4, metadata={"help": "Temperature of exp(r/tau)."})
     target: Literal["chosen", "dissimilar"] = field(
@@ -143,6 +153,13 @@ class BuildConfig:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if self.progress_bonus < 0 or self.pair_weight <= 0:
             raise ValueError("progress_bonus must be >= 0 and pair_weight > 0")
+        if self.weighting == "advantage" and self.criteria != "all":
+            raise ValueError("weighting 'advantage' needs criteria 'all' (the baseline needs them)")
+
+    @property
+    def signed(self) -> bool:
+        """Weights are advantages: negative ones allowed, every candidate an example."""
+        return self.weighting == "advantage"
 
 
 @dataclass
@@ -198,8 +215,14 @@ def example_weight(
 ) -> float:
     """The weight of a target with ``reward`` after an attempt with reward ``previous``.
 
-    ``previous`` is None at turn 1; ``baseline`` is awr's per-problem mean. 0 means "drop".
+    ``previous`` is None at turn 1; ``baseline`` is awr's per-problem mean or advantage's
+    state baseline. 0 means "drop".
     """
+    if config.signed:
+        w = reward - baseline
+        if previous is None:
+            return math.copysign(1.0, w) if config.first_turn == "unit" and w else w
+        return w + config.progress_bonus * (reward - previous)
     if config.weighting == "uniform":
         w = 1.0
     else:
@@ -286,7 +309,8 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
         if config.target == "dissimilar" and chosen_ids:
             dissimilar = least_similar(turn.candidates, ids, chosen_ids[-1])
             target = target if dissimilar is None else dissimilar
-        picked = range(len(turn.candidates)) if config.include_candidates else [target]
+        every = config.include_candidates or config.signed
+        picked = range(len(turn.candidates)) if every else [target]
         for c in picked:
             yield _Action(
                 problem_id=pid,
@@ -381,6 +405,14 @@ def build_examples(
                     attempts[record.problem_id].append(rwr_weight(cand.reward, config.tau))
         baseline = {pid: sum(ws) / len(ws) for pid, ws in attempts.items()}
 
+    turn_means: dict[int, float] = {}  # advantage's baseline for one-candidate states
+    if config.signed:
+        by_turn: dict[int, list[float]] = defaultdict(list)
+        for record in records:
+            for turn in record.turns:
+                by_turn[turn.index].extend(c.reward for c in turn.candidates)
+        turn_means = {t: sum(rs) / len(rs) for t, rs in by_turn.items()}
+
     rows: list[TrainingRow] = []
     examples: list[Example] = []
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
@@ -394,7 +426,12 @@ def build_examples(
                     stats.pairs_by_type[pair.pair_type] = (
                         stats.pairs_by_type.get(pair.pair_type, 0) + 1
                     )
-            example = _example(action, config, baseline, seen, stats)
+            base = (
+                _state_baseline(action, turn_means)
+                if config.signed
+                else baseline.get(action.problem_id, 0.0)
+            )
+            example = _example(action, config, base, seen, stats)
             if example is not None:
                 examples.append(example)
                 if action.earlier_ids:
@@ -409,10 +446,19 @@ def build_examples(
     return rows, stats
 
 
+def _state_baseline(action: _Action, turn_means: dict[int, float]) -> float:
+    """Advantage's baseline: the other candidates' mean reward in the action's state, or the
+    turn's mean over the input when the state has one candidate."""
+    others = [c.reward for c in action.turn_candidates if c is not action.candidate]
+    if others:
+        return sum(others) / len(others)
+    return turn_means.get(action.turn, 0.0)
+
+
 def _example(
     action: _Action,
     config: BuildConfig,
-    baseline: dict[str, float],
+    baseline: float,
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]],
     stats: BuildStats,
 ) -> Example | None:
@@ -425,23 +471,25 @@ def _example(
     if action.previous_reward is None and config.first_turn == "exclude":
         stats.first_turn_excluded += 1
         return None
-    if config.dedup_trajectory and (why := _repeats(action)) is not None:
+    weight = example_weight(config, reward, action.previous_reward, baseline)
+    if (
+        config.dedup_trajectory
+        and (weight > 0.0 or not config.signed)  # a negative repeat is the one to push down
+        and (why := _repeats(action)) is not None
+    ):
         if why == "action":
             stats.repeats_earlier_action += 1
         else:
             stats.repeats_wrong_answer += 1
         return None
-    weight = example_weight(
-        config, reward, action.previous_reward, baseline.get(action.problem_id, 0.0)
-    )
-    if weight <= 0.0:
+    if weight == 0.0 or (weight < 0.0 and not config.signed):
         stats.zero_weight += 1
         return None
     if not action.target_ids:
         stats.empty_target += 1
         return None
     key = (tuple(action.prompt_ids), tuple(action.target_ids))
-    if config.dedup and key in seen:
+    if config.dedup and not config.signed and key in seen:
         stats.duplicates += 1
         return None
     seen.add(key)
@@ -481,7 +529,7 @@ def composition(examples: Sequence[Example]) -> dict[str, dict[str, float]]:
     for ex in examples:
         key = ex.transition or "first"
         counts[key] += 1
-        weights[key] += ex.weight
+        weights[key] += abs(ex.weight)  # advantages are signed: the share is of |weight|
     total_n, total_w = sum(counts.values()), sum(weights.values())
     return {
         key: {

@@ -314,6 +314,8 @@ def _train(
     with stage(run_dir, manifest, "train", k):
         overrides = {"seed": config.collect.seed + k, **config.train}
         overrides.setdefault("disable_tqdm", not config.progress)
+        if overrides.get("anchor_kl_coef") and not overrides.get("anchor_model") and k > 0:
+            overrides["anchor_model"] = manifest["base_model"]  # SCoRe: turn 1 stays the base's
         train_config = TrainConfig(
             output_dir=str(out),
             model_name_or_path=str(policy),

@@ -9,6 +9,18 @@ log-probs of the initial model, plus the NLL-on-chosen regulariser of iterative 
 al., arXiv 2404.19733), which keeps DPO from lowering both responses' likelihood together.
 :func:`rise_loss` is the mean of those per-row terms over the batch's rows (a pair counts once).
 
+**Signed advantages** (on-policy cycles, ``build --weighting advantage``): an SFT row whose
+weight is an advantage A (negative for a sample worse than its state's others) cannot use
+``A × NLL`` — a negative weight makes that loss unbounded below. With ``clip_eps`` set, every
+SFT row uses the clipped sequence-ratio objective of GSPO (Zheng et al., arXiv 2507.18071):
+``-min(ρ·A, clip(ρ, 1-ε, 1+ε)·A)`` with ``ρ = exp(mean-token log π − mean-token log π_old)``
+against the collecting policy's log-probs precomputed once. At ρ = 1 its gradient is that of
+``A × NLL``; once a row's ratio has moved ε in its advantage's direction the row stops pushing,
+so a rejected sample's likelihood is lowered a bounded amount, not to zero. Optionally a
+penalty ``kl_coef · ½(mean-token log π − mean-token log π_anchor)²`` on turn-1 rows (SCoRe's
+turn-1 KL to the base, Kumar et al., arXiv 2409.12917, as the k2 estimator on the sampled
+first answers) keeps the first answer near the anchor's while the corrections move.
+
 TRL is not used: its ``DPOTrainer`` is a whole trainer with its own dataset format and
 collator, and cannot put weighted SFT rows and per-pair-weighted pairs into one batch and one
 loss, which is the point here. What is needed from it, the DPO sigmoid loss (and its
@@ -75,6 +87,21 @@ def dpo_loss(
     return -F.logsigmoid(margin), margin.detach()
 
 
+def clipped_ratio_loss(
+    mean_logp: torch.Tensor, old_mean_logp: torch.Tensor, advantage: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSPO's per-sequence loss ``-min(ρA, clip(ρ, 1-ε, 1+ε)A)`` and whether it is clipped [N].
+
+    ``mean_logp`` / ``old_mean_logp``: mean target-token log-probs under the policy and the
+    collecting policy; ``ρ = exp(mean_logp - old_mean_logp)``. "Clipped" means the clipped
+    branch is the smaller one and the row gives no gradient (detached bool).
+    """
+    ratio = torch.exp(mean_logp - old_mean_logp)
+    unclipped = ratio * advantage
+    clipped = torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * advantage
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
+
+
 def rise_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -85,9 +112,13 @@ def rise_loss(
     rejected_index: torch.Tensor | None = None,
     ref_chosen_logps: torch.Tensor | None = None,
     ref_rejected_logps: torch.Tensor | None = None,
+    sft_old_logps: torch.Tensor | None = None,
+    sft_anchor_logps: torch.Tensor | None = None,
     beta: float = 0.1,
     pref_coef: float = 1.0,
     nll_coef: float = 1.0,
+    clip_eps: float | None = None,
+    kl_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The batch's loss and detached stats, over SFT rows and preference pairs together.
 
@@ -99,8 +130,17 @@ def rise_loss(
 
     loss = (Σ_sft w·NLL + Σ_pairs w·(pref_coef·DPO + nll_coef·NLL_chosen)) / (S + P). A row or
     pair with no target tokens (either side of a pair) contributes exactly 0, with no gradient.
+
+    With ``clip_eps`` (signed advantages, module docstring), ``sft_old_logps`` [S] holds each SFT
+    row's mean target-token log-prob under the collecting policy and an SFT row's term is
+    :func:`clipped_ratio_loss` with its weight as the advantage; ``sft_anchor_logps`` [S] (NaN
+    where a row has no anchor, i.e. is not a first answer) adds ``kl_coef · ½(mean log π −
+    anchor)²``. Without ``clip_eps`` a negative SFT weight is an error.
+
     Stats: ``sft_nll`` (unweighted mean over SFT rows), ``dpo``, ``pref_accuracy`` (fraction of
-    pairs with a positive margin) and ``margin`` (means over pairs), ``n_sft``, ``n_pairs``.
+    pairs with a positive margin) and ``margin`` (means over pairs), ``n_sft``, ``n_pairs``,
+    and with ``clip_eps`` ``clip_fraction`` (SFT rows whose clipped branch was taken) and
+    ``anchor_kl`` (mean ½(log-ratio)² over anchored rows).
     """
     logp, n_tokens = sequence_logps(logits, labels)  # [R], [R]
     nll = mean_nll(logp, n_tokens)  # [R]
@@ -118,7 +158,27 @@ def rise_loss(
     n_pairs = chosen_index.numel()
 
     sft_has = n_tokens[sft_index] > 0  # [S]
-    sft_total = (weights[sft_index] * nll[sft_index]).sum()
+    sft_weights = weights[sft_index]
+    clip_fraction = anchor_kl = nll.new_zeros(())
+    if clip_eps is None:
+        if bool((sft_weights < 0).any()):
+            raise ValueError("negative example weights (advantages) need clip_eps")
+        sft_total = (sft_weights * nll[sft_index]).sum()
+    else:
+        if sft_old_logps is None:
+            raise ValueError("clip_eps needs sft_old_logps, the collecting policy's log-probs")
+        mean_logp = -nll[sft_index]  # [S]
+        per_row, clipped = clipped_ratio_loss(
+            mean_logp, sft_old_logps.to(mean_logp.dtype), sft_weights, clip_eps
+        )
+        clip_fraction = masked_mean(clipped.float(), sft_has)
+        if sft_anchor_logps is not None and kl_coef > 0:
+            anchored = sft_has & ~torch.isnan(sft_anchor_logps)
+            log_ratio = mean_logp - torch.nan_to_num(sft_anchor_logps.to(mean_logp.dtype))
+            penalty = 0.5 * log_ratio.pow(2)
+            per_row = per_row + kl_coef * torch.where(anchored, penalty, 0.0)
+            anchor_kl = masked_mean(penalty, anchored)
+        sft_total = torch.where(sft_has, per_row, 0.0).sum()
 
     if n_pairs:
         if ref_chosen_logps is None or ref_rejected_logps is None:
@@ -142,10 +202,6 @@ def rise_loss(
     n_rows = sft_index.numel() + n_pairs
     loss = (sft_total + pair_total) / max(n_rows, 1)
 
-    def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        values = values.detach().float()
-        return torch.where(keep, values, 0.0).sum() / keep.sum().clamp(min=1)
-
     stats = {
         "sft_nll": masked_mean(nll[sft_index], sft_has),
         "dpo": masked_mean(dpo, valid),
@@ -153,5 +209,13 @@ def rise_loss(
         "margin": masked_mean(margin, valid),
         "n_sft": sft_has.sum(),
         "n_pairs": valid.sum(),
+        "clip_fraction": clip_fraction,
+        "anchor_kl": anchor_kl,
     }
     return loss, stats
+
+
+def masked_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``keep`` (0 when nothing is kept), detached, fp32."""
+    values = values.detach().float()
+    return torch.where(keep, values, 0.0).sum() / keep.sum().clamp(min=1)

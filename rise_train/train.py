@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from rise_train.build import truncate_left
-from rise_train.losses import rise_loss, sequence_logps, weighted_nll
+from rise_train.losses import mean_nll, rise_loss, sequence_logps, weighted_nll
 from rise_train.records import IGNORE_INDEX, PreferencePair, TrainingRow, read_rows, row_from_dict
 from rise_train.train_options import TrainOptions
 
@@ -50,6 +51,7 @@ __all__ = [
     "WeightedSFTTrainer",
     "fit",
     "precompute_reference_logps",
+    "precompute_sft_logps",
     "train",
     "weighted_nll",
 ]
@@ -65,8 +67,10 @@ PAIR_KEYS = (
     "rejected_index",
     "ref_chosen_logps",
     "ref_rejected_logps",
+    "sft_old_logps",
+    "sft_anchor_logps",
 )
-STAT_KEYS = ("sft_nll", "dpo", "pref_accuracy", "margin")
+STAT_KEYS = ("sft_nll", "dpo", "pref_accuracy", "margin", "clip_fraction", "anchor_kl")
 
 
 class WeightedSFTTrainer(Trainer):
@@ -76,12 +80,15 @@ class WeightedSFTTrainer(Trainer):
     pairs adds their DPO + NLL-on-chosen terms, with ``pref_beta``, ``pref_coef`` and
     ``pref_nll_coef`` from the config. When the training data holds pairs, every logged loss
     comes with the stats of the same steps: ``sft_nll``, ``dpo``, ``pref_accuracy``, ``margin``.
+    With ``policy_clip`` (signed advantages) SFT rows use the clipped sequence-ratio objective
+    against their precomputed collecting-policy log-probs, and the logs add ``clip_fraction``
+    and ``anchor_kl``.
     """
 
     # compute_loss returns a per-batch mean, so the Trainer must still divide by the number of
     # gradient-accumulation steps (left to None it would guess from the model's loss kwargs).
     loss_is_scaled_for_ga = False
-    _stat_sums: torch.Tensor | None = None  # [6] on the device, summed since the last log
+    _stat_sums: torch.Tensor | None = None  # [8] on the device, summed since the last log
 
     def compute_loss(
         self,
@@ -92,12 +99,15 @@ class WeightedSFTTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         labels, weights = inputs.pop("labels"), inputs.pop("weights")
-        pairs: dict[str, Any] = {key: inputs.pop(key) for key in PAIR_KEYS if key in inputs}
+        extra: dict[str, Any] = {key: inputs.pop(key) for key in PAIR_KEYS if key in inputs}
         outputs = model(**inputs)
-        if pairs:  # the collator adds the pair keys only to a batch that has pairs
+        if "chosen_index" in extra:  # the collator adds the pair keys only to a batch with pairs
             args = cast("TrainConfig", self.args)
-            pairs.update(beta=args.pref_beta, pref_coef=args.pref_coef, nll_coef=args.pref_nll_coef)
-        loss, stats = rise_loss(outputs.logits, labels, weights, **pairs)
+            extra.update(beta=args.pref_beta, pref_coef=args.pref_coef, nll_coef=args.pref_nll_coef)
+        if "sft_old_logps" in extra:  # ... and these only to examples scored for policy_clip
+            args = cast("TrainConfig", self.args)
+            extra.update(clip_eps=args.policy_clip, kl_coef=args.anchor_kl_coef)
+        loss, stats = rise_loss(outputs.logits, labels, weights, **extra)
         if model.training:
             self._add_stats(stats)
         return (loss, outputs) if return_outputs else loss
@@ -114,6 +124,8 @@ class WeightedSFTTrainer(Trainer):
                 stats["dpo"] * n_pairs,
                 stats["pref_accuracy"] * n_pairs,
                 stats["margin"] * n_pairs,
+                stats["clip_fraction"] * n_sft,
+                stats["anchor_kl"] * n_sft,
             ]
         )
         self._stat_sums = row if self._stat_sums is None else self._stat_sums + row
@@ -122,13 +134,16 @@ class WeightedSFTTrainer(Trainer):
         sums = self._stat_sums
         if "loss" in logs and sums is not None:  # a training log: the window's stats, then reset
             self._stat_sums = None
-            if getattr(self.train_dataset, "n_pairs", 0):  # SFT-only runs log as before
+            clipped = cast("TrainConfig", self.args).policy_clip > 0
+            if getattr(self.train_dataset, "n_pairs", 0) or clipped:  # plain SFT logs as before
                 if self.args.world_size > 1:  # every rank logs here (the loss was gathered too)
                     sums = self.accelerator.reduce(sums, reduction="sum")
-                n_sft, sft_nll, n_pairs, dpo, accuracy, margin = sums.tolist()
+                n_sft, sft_nll, n_pairs, dpo, accuracy, margin, clip, kl = sums.tolist()
                 logs = dict(logs)
                 if n_sft:
                     logs["sft_nll"] = sft_nll / n_sft
+                    if clipped:
+                        logs.update(clip_fraction=clip / n_sft, anchor_kl=kl / n_sft)
                 if n_pairs:
                     logs.update(dpo=dpo / n_pairs, pref_accuracy=accuracy / n_pairs)
                     logs["margin"] = margin / n_pairs
@@ -142,7 +157,8 @@ class ExampleDataset(Dataset):
     """Training rows in memory: examples and preference pairs, fitted to ``max_length``.
 
     Takes the records of ``records.read_rows`` (or their JSON dicts). Each item is a dict for
-    :class:`WeightedCollator`: an example is ``{kind: "sft", input_ids, labels, weight}``; a
+    :class:`WeightedCollator`: an example is ``{kind: "sft", input_ids, labels, weight, turn,
+    old_logp, anchor_logp}`` (the last two None until :func:`precompute_sft_logps`); a
     pair is ``{kind: "pair", input_ids, labels, rejected_input_ids, rejected_labels, weight,
     ref_chosen_logp, ref_rejected_logp}`` — its ``input_ids``/``labels`` are the chosen
     sequence (prompt + chosen, the prompt masked), so length grouping sees a pair by its chosen
@@ -186,6 +202,9 @@ def _fit(row: TrainingRow, max_length: int | None) -> dict[str, Any] | None:
         "input_ids": [*prompt, *target],
         "labels": [IGNORE_INDEX] * len(prompt) + row.labels[n_context:],
         "weight": float(row.weight),
+        "turn": row.turn,
+        "old_logp": None,
+        "anchor_logp": None,
     }
 
 
@@ -219,6 +238,8 @@ class WeightedCollator:
     ``attention_mask``, ``labels`` [R, L] and ``weights`` [R] (a pair's weight on both of its
     rows). Only when the batch has pairs: ``sft_index`` [S], ``chosen_index`` and
     ``rejected_index`` [P] (row numbers) and ``ref_chosen_logps`` / ``ref_rejected_logps`` [P].
+    Only when the examples carry precomputed log-probs (signed advantages): ``sft_index``,
+    ``sft_old_logps`` [S] and ``sft_anchor_logps`` [S] (NaN for a row without an anchor).
     """
 
     pad_token_id: int
@@ -227,11 +248,16 @@ class WeightedCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences: list[tuple[list[int], list[int], float]] = []  # (ids, labels, weight)
         sft, chosen, rejected, ref_chosen, ref_rejected = [], [], [], [], []
+        old: list[float | None] = []
+        anchor: list[float] = []
         for f in features:
             kind = f.get("kind", "sft")
             if kind == "sft":
                 sft.append(len(sequences))
                 sequences.append((f["input_ids"], f["labels"], float(f["weight"])))
+                old.append(f.get("old_logp"))
+                value = f.get("anchor_logp")
+                anchor.append(math.nan if value is None else float(value))
             elif kind == "pair" and "rejected_input_ids" in f:
                 if f.get("ref_chosen_logp") is None or f.get("ref_rejected_logp") is None:
                     raise ValueError(
@@ -256,6 +282,14 @@ class WeightedCollator:
                 rejected_index=torch.tensor(rejected, dtype=torch.long),
                 ref_chosen_logps=torch.tensor(ref_chosen, dtype=torch.float32),
                 ref_rejected_logps=torch.tensor(ref_rejected, dtype=torch.float32),
+            )
+        if any(value is not None for value in old):
+            if any(value is None for value in old):
+                raise ValueError("some examples have collecting-policy log-probs and some not")
+            batch.update(
+                sft_index=torch.tensor(sft, dtype=torch.long),
+                sft_old_logps=torch.tensor(old, dtype=torch.float32),
+                sft_anchor_logps=torch.tensor(anchor, dtype=torch.float32),
             )
         return batch
 
@@ -298,9 +332,6 @@ def precompute_reference_logps(
     dropout), no grad, sequences batched by length. Returns the number of pairs scored.
     """
     pairs = [row for row in dataset.rows if row["kind"] == "pair"]
-    if not pairs:
-        return 0
-    # (pair, key, ids, labels) per response; longest first, so padding stays small.
     jobs = [
         (row, key, row[ids], row[labels])
         for row in pairs
@@ -309,7 +340,53 @@ def precompute_reference_logps(
             ("ref_rejected_logp", "rejected_input_ids", "rejected_labels"),
         )
     ]
-    jobs.sort(key=lambda job: -len(job[2]))
+    _score(model, jobs, collator, batch_size, device, autocast_dtype, mean=False)
+    return len(pairs)
+
+
+@torch.no_grad()
+def precompute_sft_logps(
+    model: torch.nn.Module,
+    dataset: ExampleDataset,
+    collator: WeightedCollator,
+    key: str = "old_logp",
+    *,
+    first_turn_only: bool = False,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> int:
+    """Store the model's mean target-token log-prob of every example under ``key``.
+
+    ``old_logp`` with the initial policy (the policy that collected the examples, for the
+    clipped ratio of signed advantages); ``anchor_logp`` with the anchor model, on first answers
+    only (``first_turn_only``). Returns the number of examples scored.
+    """
+    rows = [
+        row
+        for row in dataset.rows
+        if row["kind"] == "sft" and (not first_turn_only or row.get("turn", 0) == 0)
+    ]
+    jobs = [(row, key, row["input_ids"], row["labels"]) for row in rows]
+    _score(model, jobs, collator, batch_size, device, autocast_dtype, mean=True)
+    return len(rows)
+
+
+def _score(
+    model: torch.nn.Module,
+    jobs: list[tuple[dict[str, Any], str, list[int], list[int]]],
+    collator: WeightedCollator,
+    batch_size: int,
+    device: torch.device | str | None,
+    autocast_dtype: torch.dtype | None,
+    *,
+    mean: bool,
+) -> None:
+    """Write each job's summed (or mean) target log-prob into ``row[key]``: eval mode, no grad,
+    longest sequences first so padding stays small."""
+    if not jobs:
+        return
+    jobs = sorted(jobs, key=lambda job: -len(job[2]))
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -330,12 +407,13 @@ def precompute_reference_logps(
                         input_ids=batch["input_ids"].to(device),
                         attention_mask=batch["attention_mask"].to(device),
                     ).logits
-                logp, _ = sequence_logps(logits, batch["labels"].to(device))
+                logp, n_tokens = sequence_logps(logits, batch["labels"].to(device))
+                if mean:
+                    logp = -mean_nll(logp, n_tokens)
                 for (row, key, _, _), value in zip(chunk, logp.tolist(), strict=True):
                     row[key] = value
     finally:
         model.train(was_training)
-    return len(pairs)
 
 
 def _is_zero3() -> bool:
@@ -431,22 +509,35 @@ def fit(config: TrainConfig) -> TrainResult:
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     collator = WeightedCollator(pad_token_id=int(pad_id))
-    if dataset.n_pairs:
+    negative = sum(row["kind"] == "sft" and row["weight"] < 0 for row in dataset.rows)
+    if negative and config.policy_clip <= 0:
+        raise ValueError(
+            f"{negative} examples in {config.examples} have negative weights (advantages); "
+            "train them with policy_clip > 0 (--policy-clip), the clipped ratio objective"
+        )
+    if dataset.n_pairs or config.policy_clip > 0:
         # The reference is the policy before any update (a resumed run loads its checkpoint
         # later, in train(), so this is still the initial model). Every process scores all
-        # pairs itself: one no-grad pass, and the data stays identical on every rank.
-        amp = torch.bfloat16 if config.bf16 else torch.float16 if config.fp16 else None
+        # rows itself: one no-grad pass, and the data stays identical on every rank.
+        scoring = {
+            "batch_size": config.per_device_eval_batch_size,
+            "device": config.device,
+            "autocast_dtype": torch.bfloat16
+            if config.bf16
+            else torch.float16
+            if config.fp16
+            else None,
+        }
         if not _is_zero3():
             model.to(config.device)  # type: ignore[arg-type]  # (transformers' stub)
-        n = precompute_reference_logps(
-            model,
-            dataset,
-            collator,
-            batch_size=config.per_device_eval_batch_size,
-            device=config.device,
-            autocast_dtype=amp,
-        )
+        n = precompute_reference_logps(model, dataset, collator, **scoring)
         logger.info("reference log-probs of %d preference pairs computed", n)
+        if config.policy_clip > 0:
+            n = precompute_sft_logps(model, dataset, collator, "old_logp", **scoring)
+            logger.info("collecting-policy log-probs of %d examples computed", n)
+            if config.anchor_kl_coef > 0:
+                n = _precompute_anchor(model, dataset, collator, config, scoring)
+                logger.info("anchor log-probs of %d first answers computed", n)
     logger.info("training in %d process(es), %s", config.world_size, config.parallel_mode.value)
     trainer = WeightedSFTTrainer(
         model=model,
@@ -483,6 +574,31 @@ def fit(config: TrainConfig) -> TrainResult:
         summary = {k: v for k, v in vars(result).items() if k != "model_dir"}
         (out / "rise_train_result.json").write_text(json.dumps(summary, indent=1))
     return result
+
+
+def _precompute_anchor(
+    model: torch.nn.Module,
+    dataset: ExampleDataset,
+    collator: WeightedCollator,
+    config: TrainConfig,
+    scoring: dict[str, Any],
+) -> int:
+    """First answers' log-probs under the anchor: ``anchor_model``, else the initial model."""
+    if not config.anchor_model:
+        return precompute_sft_logps(
+            model, dataset, collator, "anchor_logp", first_turn_only=True, **scoring
+        )
+    from transformers import AutoModelForCausalLM
+
+    anchor = AutoModelForCausalLM.from_pretrained(config.anchor_model, dtype=_load_dtype(config))
+    if not _is_zero3():
+        anchor.to(config.device)  # type: ignore[arg-type]
+    try:
+        return precompute_sft_logps(
+            anchor, dataset, collator, "anchor_logp", first_turn_only=True, **scoring
+        )
+    finally:
+        del anchor
 
 
 def _backend() -> str | None:

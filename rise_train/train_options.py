@@ -94,3 +94,23 @@ class TrainOptions:
             "(the RPO regulariser; 0 gives plain DPO)."
         },
     )
+
+    # Signed advantages (examples built with ``--weighting advantage``): rise_train/losses.py.
+    policy_clip: float = field(
+        default=0.0,
+        metadata={
+            "help": "epsilon of the clipped sequence-ratio objective (GSPO) that examples with "
+            "signed weights (advantages) need; 0 trains weight x NLL and refuses negative weights."
+        },
+    )
+    anchor_kl_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "With policy_clip: weight of the penalty 1/2 (log pi - log pi_anchor)^2 on "
+            "first-answer rows, keeping turn 1 near --anchor-model's."
+        },
+    )
+    anchor_model: str | None = field(
+        default=None,
+        metadata={"help": "The anchor of anchor_kl_coef (default: the model being trained)."},
+    )

@@ -398,3 +398,43 @@ def test_rows_round_trip_and_missing_weight_is_an_error(tmp_path: Path) -> None:
         row_from_dict({"input_ids": [1], "labels": [1]})
     with pytest.raises(ValueError, match="kind"):
         row_from_dict({"kind": "ppo", "weight": 1})
+
+
+def test_advantage_weights_are_signed_leave_one_out_with_progress_bonus() -> None:
+    """Every candidate is an example weighted r − (mean of its state's other candidates), a
+    one-candidate state against its turn's mean over the input; negative repeats are kept."""
+    p = _traj(
+        "p",
+        _turn(0, [(0.0, [1, 2, 3], "5")]),
+        _turn(1, [(1.0, [7, 8], "6"), (0.0, [1, 2, 3], "5"), (0.0, [4, 4], "5")]),
+    )
+    q = _traj("q", _turn(0, [(1.0, [3, 3], "6")]))
+    config = BuildConfig(shuffle=False, weighting="advantage", progress_bonus=0.5)
+    rows, stats = build_examples([p, q], config)
+    got = [(r.problem_id, r.turn, r.input_ids[-2:], r.weight) for r in rows]
+    assert got == [
+        ("p", 0, [2, 3], -0.5),  # 0 − turn-1 mean 0.5
+        ("p", 1, [7, 8], 1.5),  # 1 − mean(0, 0) + 0.5·(1 − 0)
+        ("p", 1, [2, 3], -0.5),  # the verbatim copy: 0 − mean(1, 0), kept to be pushed down
+        ("p", 1, [4, 4], -0.5),  # the same wrong answer again, also kept
+        ("q", 0, [3, 3], 0.5),
+    ]
+    assert stats.repeats_earlier_action == stats.repeats_wrong_answer == 0
+    assert stats.composition["first"]["weight_share"] == pytest.approx(1.0 / 3.5)
+    unit = BuildConfig(shuffle=False, weighting="advantage", first_turn="unit")
+    assert [r.weight for r in build_examples([p, q], unit)[0] if r.turn == 0] == [-1.0, 1.0]
+
+
+def test_advantage_drops_a_positive_repeat_and_needs_criteria_all() -> None:
+    copy = _traj(
+        "c",
+        _turn(0, [(0.0, [1, 2, 3], "5")]),
+        _turn(1, [(0.0, [1, 2, 3], "5"), (-1.0, [9], None)]),
+    )
+    rows, stats = build_examples([copy], BuildConfig(shuffle=False, weighting="advantage"))
+    # turn 1 alone in its turn: weight 0 − 0 = 0, dropped; the copy beats the unparseable
+    # candidate (+1) but repeats the attempt: dropped; the unparseable one: −1 − 0 = −1.
+    assert [(r.turn, r.input_ids[-1:], r.weight) for r in rows] == [(1, [9], -1.0)]
+    assert stats.repeats_earlier_action == 1 and stats.zero_weight == 1
+    with pytest.raises(ValueError, match="criteria 'all'"):
+        BuildConfig(weighting="advantage", criteria="success")

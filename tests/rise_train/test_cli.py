@@ -117,6 +117,18 @@ def test_train_missing_examples(tmp_path: Path) -> None:
     assert_clean_failure(result, "examples")
 
 
+def test_train_signed_weights_without_policy_clip(tmp_path: Path, tiny_model_dir: Path) -> None:
+    examples = tmp_path / "signed.jsonl"
+    rows = [
+        {"kind": "sft", "input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8], "weight": w}
+        for w in (1.0, -1.0)
+    ]
+    examples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("train", "--model", tiny_model_dir, "--examples", examples)
+    result = invoke(*args, "--output-dir", tmp_path / "out")
+    assert_clean_failure(result, "negative weights", "--policy-clip")
+
+
 def test_teacher_needs_url_and_model(tmp_path: Path, shared_data: Path) -> None:
     spec = f"gsm8k:{shared_data}/gsm8k/test.jsonl"
     result = invoke("collect", "--data", spec, "--limit", "2", "--teacher-url", "http://x/v1")

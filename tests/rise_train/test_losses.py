@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 import torch
 
-from rise_train.losses import dpo_loss, rise_loss, sequence_logps, weighted_nll
-from rise_train.records import IGNORE_INDEX, Example, PreferencePair, write_jsonl
+from rise_train.losses import (
+    clipped_ratio_loss,
+    dpo_loss,
+    mean_nll,
+    rise_loss,
+    sequence_logps,
+    weighted_nll,
+)
+from rise_train.records import IGNORE_INDEX, Example, PreferencePair, read_rows, write_jsonl
 from rise_train.train import (
     ExampleDataset,
     TrainConfig,
@@ -19,6 +26,7 @@ from rise_train.train import (
     WeightedSFTTrainer,
     fit,
     precompute_reference_logps,
+    precompute_sft_logps,
 )
 from tests.tiny_models import tiny_train_config
 
@@ -227,6 +235,65 @@ def test_rise_loss_all_masked_is_exactly_zero() -> None:
     loss.backward()
     assert loss.item() == 0.0 and stats["dpo"].item() == 0.0
     assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+
+
+def test_clipped_ratio_loss_matches_hand_values() -> None:
+    """-min(ρA, clip(ρ, 0.8, 1.2)A) for ρ = e^0.2 ≈ 1.2214 (A = ±1) and ρ = 0.7 (A = −1)."""
+    mean_logp = torch.tensor([-1.0, -1.0, -1.0])
+    old = torch.tensor([-1.2, -1.2, -1.0 - math.log(0.7)])
+    advantage = torch.tensor([2.0, -1.0, -1.0])
+    loss, clipped = clipped_ratio_loss(mean_logp, old, advantage, 0.2)
+    rho = math.exp(0.2)
+    assert loss.tolist() == pytest.approx([-2.0 * 1.2, rho, 0.8], rel=1e-6)
+    # A > 0 past 1 + ε: clipped; A < 0 with ρ > 1: the unclipped branch (pushed back down);
+    # A < 0 with ρ below 1 − ε: clipped, it has been pushed down far enough.
+    assert clipped.tolist() == [True, False, True]
+
+
+def test_rise_loss_clipped_at_ratio_one_has_weighted_nll_gradient() -> None:
+    """Against its own log-probs (ρ = 1) the clipped objective's gradient is A × NLL's, with
+    negative advantages; without clip_eps a negative weight is an error."""
+    torch.manual_seed(2)
+    logits = torch.randn(4, 6, 8, requires_grad=True)
+    labels = torch.randint(0, 8, (4, 6))
+    labels[:, :3] = IGNORE_INDEX
+    labels[3] = IGNORE_INDEX  # a row with no target: no gradient, no NaN
+    weights = torch.tensor([1.5, -0.5, -1.0, 2.0])
+    old = -mean_nll(*sequence_logps(logits.detach(), labels))
+    loss, stats = rise_loss(logits, labels, weights, sft_old_logps=old, clip_eps=0.2)
+    loss.backward()
+    assert loss.item() == pytest.approx(-(1.5 - 0.5 - 1.0) / 4, abs=1e-6)  # −mean(A·ρ), ρ = 1
+    assert stats["clip_fraction"].item() == 0.0
+    clipped_grad = logits.grad.clone()
+    logits.grad = None
+    (weights[:3] * mean_nll(*sequence_logps(logits, labels))[:3]).sum().div(4).backward()
+    assert torch.allclose(clipped_grad, logits.grad, atol=1e-6)
+    assert torch.count_nonzero(clipped_grad[3]) == 0
+    with pytest.raises(ValueError, match="clip_eps"):
+        rise_loss(logits, labels, weights)
+
+
+def test_rise_loss_anchor_penalty_on_anchored_rows_only() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(3, 5, 8)
+    labels = torch.randint(0, 8, (3, 5))
+    labels[:, :2] = IGNORE_INDEX
+    mean_logp = -mean_nll(*sequence_logps(logits, labels))
+    weights = torch.tensor([1.0, -1.0, 0.5])
+    anchor = torch.tensor([mean_logp[0].item() - 0.5, math.nan, mean_logp[2].item() + 1.0])
+    plain, _ = rise_loss(logits, labels, weights, sft_old_logps=mean_logp, clip_eps=0.2)
+    loss, stats = rise_loss(
+        logits,
+        labels,
+        weights,
+        sft_old_logps=mean_logp,
+        sft_anchor_logps=anchor,
+        clip_eps=0.2,
+        kl_coef=2.0,
+    )
+    # ½·0.5² and ½·1² on rows 0 and 2, × kl_coef 2, over 3 rows.
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * (0.125 + 0.5) / 3, rel=1e-5)
+    assert stats["anchor_kl"].item() == pytest.approx((0.125 + 0.5) / 2, rel=1e-5)
 
 
 def test_rise_loss_pairs_need_reference_logps() -> None:
@@ -467,3 +534,62 @@ def test_trainer_loss_with_pairs_is_rise_loss(tiny_model_dir: Path, rows_path: P
     )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert stats["dpo"].item() == pytest.approx(LOG2, abs=1e-5)  # eval mode: policy = reference
+
+
+def _signed_rows(tmp_path: Path, tokenizer: Any) -> Path:
+    """Each question: the right answer at +1, the wrong one at −1 in the same state (turn 2),
+    and the first answer at +0.5 (turn 1)."""
+    from rise.prompts import ChatRenderer
+
+    renderer = ChatRenderer(tokenizer)
+    rows = []
+    for question, right, wrong in QUESTIONS:
+        prompt = renderer.render([{"role": "user", "content": question}])
+        rows.append(Example.from_ids(prompt, renderer.response_ids(right)[0], 0.5, turn=0))
+        rows.append(Example.from_ids(prompt, renderer.response_ids(right)[0], 1.0, turn=1))
+        rows.append(Example.from_ids(prompt, renderer.response_ids(wrong)[0], -1.0, turn=1))
+    path = tmp_path / "signed.jsonl"
+    write_jsonl(rows, path)
+    return path
+
+
+def test_fit_signed_advantages_need_policy_clip_and_move_both_ways(
+    tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    """Negative weights without --policy-clip are refused; with it, training raises the right
+    answers and lowers the wrong ones, the first step unclipped and at the anchor."""
+    from transformers import AutoModelForCausalLM
+
+    rows = _signed_rows(tmp_path, tiny_tokenizer)
+    with pytest.raises(ValueError, match="policy-clip"):
+        fit(_config(tiny_model_dir, rows, tmp_path / "refused", max_steps=1))
+    result = fit(
+        _config(
+            tiny_model_dir,
+            rows,
+            tmp_path / "out",
+            max_steps=20,
+            policy_clip=0.2,
+            anchor_kl_coef=0.1,
+        )
+    )
+    clip, kl = _stat(result.log_history, "clip_fraction"), _stat(result.log_history, "anchor_kl")
+    assert len(clip) == len(kl) == 20
+    assert clip[0] == 0.0 and kl[0] == pytest.approx(0.0, abs=1e-8)
+    assert max(clip) > 0.0  # the clip engaged: rows stopped pushing once past 1 ± ε
+    assert all(math.isfinite(x) for x in result.losses + kl)
+
+    dataset = ExampleDataset(read_rows(rows))
+    collator = WeightedCollator(pad_token_id=0)
+    before, after = (
+        AutoModelForCausalLM.from_pretrained(path) for path in (tiny_model_dir, result.model_dir)
+    )
+    scores = {}
+    for name, model in (("before", before), ("after", after)):
+        precompute_sft_logps(model, dataset, collator, name, device="cpu")
+    for row in dataset.rows:
+        if row["turn"] == 1:
+            moved = row["after"] - row["before"]
+            assert moved > 0 if row["weight"] > 0 else moved < 0, row["weight"]
+            scores.setdefault(row["weight"], []).append(moved)
+    assert len(scores[1.0]) == len(scores[-1.0]) == len(QUESTIONS)
