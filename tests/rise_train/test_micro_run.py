@@ -199,6 +199,60 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     assert solved["turns"][0]["completion_tokens"] > 0
 
 
+def test_on_policy_cycles_with_signed_advantages(
+    tmp_path: Path, tiny_model_dir: Path, shared_data: Path
+) -> None:
+    """E4's mode end to end: two iterations, each collecting with the latest model; every
+    candidate an example weighted by its advantage (some negative); the clipped ratio trains
+    them, and the second iteration anchors first answers to the base model."""
+    run_dir = tmp_path / "run"
+    gsm8k = shared_data / "gsm8k"
+    command = [
+        sys.executable, "-m", "rise_train", "iterate", "--iterations", "2",
+        "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", "12",
+        "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", "4",
+        "--model", str(tiny_model_dir), "--run-dir", str(run_dir),
+        "--data-dir", str(tmp_path / "data"),
+        "--turns", "2", "--samples", "2,3", "--max-tokens", "24", "--continue-after-correct",
+        "--weighting", "advantage", "--progress-bonus", "1", "--policy-clip", "0.2",
+        "--anchor-kl", "0.1", "--eval-turns", "2", "--eval-parallel", "1",
+        "--learning-rate", "1e-3", "--epochs", "1", "--batch-size", "8", "--grad-accum", "1",
+        "--quiet", *ENGINE_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    first, second = manifest["iterations"]
+    assert manifest["config"]["train"]["policy_clip"] == 0.2
+    for k, it in enumerate((first, second)):
+        records = read_jsonl(run_dir / it["trajectories"])
+        rows = read_jsonl(run_dir / it["examples"])
+        # Every scored candidate is an example (less the zero-advantage ones), signed.
+        candidates = sum(len(t["candidates"]) for r in records for t in r["turns"])
+        assert 0 < len(rows) <= candidates
+        weights = [r["weight"] for r in rows]
+        assert all(w != 0 for w in weights)
+        # Leave-one-out advantages of one state sum to 0, so first answers (no progress bonus)
+        # come with both signs whenever there are any.
+        first = [r["weight"] for r in rows if r["turn"] == 0]
+        assert not first or min(first) < 0 < max(first)
+        history = json.loads((run_dir / it["model"] / "trainer_state.json").read_text())
+        clip = [h["clip_fraction"] for h in history["log_history"] if "clip_fraction" in h]
+        kl = [h["anchor_kl"] for h in history["log_history"] if "anchor_kl" in h]
+        assert clip and kl and all(math.isfinite(x) for x in clip + kl)
+        assert clip[0] == 0.0  # step 1 runs the collecting policy itself: ratio 1
+        if k == 0:  # the anchor is the model being trained: no distance at step 1
+            assert kl[0] == pytest.approx(0.0, abs=1e-6)
+    # The second iteration started from the first one's model, anchored to the base: its first
+    # answers are already some distance from the anchor at step 1.
+    second_kl = json.loads((run_dir / second["model"] / "trainer_state.json").read_text())
+    kl = [h["anchor_kl"] for h in second_kl["log_history"] if "anchor_kl" in h]
+    assert kl[0] > 0.0
+    assert set(manifest["evaluations"]) == {"base", "iter-0", "iter-1"}
+
+
 # -- resuming a run directory (no engine needed) -------------------------------------------------
 
 
