@@ -214,6 +214,7 @@ class Service(Subprocess):
             "RISE_MAX_NUM_SEQS": settings.max_num_seqs,
             "RISE_MAX_CONCURRENT_SOLVES": max_concurrency,
             "RISE_DTYPE": settings.dtype,
+            "RISE_SPECULATIVE_TOKENS": settings.speculative_tokens or None,
             "RISE_LOG_LEVEL": "warning",
         }
         # Unset settings (None: the engine's own default) stay out of the environment.

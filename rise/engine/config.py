@@ -52,4 +52,16 @@ class EngineSettings(BaseSettings):
         None, ge=1, description="CPU only: engine threads; default: every core."
     )
     seed: int = Field(0, description="Engine-wide sampling seed.")
+    speculative_tokens: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="n-gram prompt-lookup speculation: tokens vLLM proposes per step by matching "
+        "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
+        "its earlier turns and the question); 0 = off. Exact: rejection sampling keeps the "
+        "output distribution.",
+    )
+    speculative_ngram: int = Field(
+        4, ge=2, description="Longest n-gram the speculation matches (shortest: 2)."
+    )
     enable_prefix_caching: bool = True

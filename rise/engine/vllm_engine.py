@@ -117,6 +117,13 @@ def engine_layout(
         kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * _GIB)
     if settings.block_size is not None:
         kwargs["block_size"] = settings.block_size
+    if settings.speculative_tokens:
+        kwargs["speculative_config"] = {
+            "method": "ngram",
+            "num_speculative_tokens": settings.speculative_tokens,
+            "prompt_lookup_min": 2,
+            "prompt_lookup_max": settings.speculative_ngram,
+        }
     dp = settings.data_parallel_size
     return EngineLayout(
         str(model_path), kwargs, per_request_seed=gpu, data_parallel_size=dp, dtype_reason=reason

@@ -31,6 +31,23 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
     assert layout.per_request_seed is False
 
 
+def test_engine_layout_speculation_is_ngram_prompt_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    off = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
+    assert "speculative_config" not in off.kwargs
+    monkeypatch.setenv("RISE_SPECULATIVE_TOKENS", "3")
+    layout = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
+    assert layout.kwargs["speculative_config"] == {
+        "method": "ngram",
+        "num_speculative_tokens": 3,
+        "prompt_lookup_min": 2,
+        "prompt_lookup_max": 4,
+    }
+    with pytest.raises(ValueError, match="speculative_ngram"):
+        EngineSettings(model="m", speculative_tokens=3, speculative_ngram=1)
+
+
 @pytest.mark.parametrize(
     ("flags", "dtype"),
     [

@@ -60,6 +60,33 @@ async def test_vllm_unstreamed_request_is_one_chunk_equal_to_the_stream(tiny_eng
     assert all(c.first_token_s is None for c in streamed)
 
 
+async def test_vllm_ngram_speculation_keeps_the_answers_and_accepts_drafts(
+    parrot_model_dir, tmp_path
+) -> None:
+    """RISE_SPECULATIVE_TOKENS: later turns repeat the parrot's first answer, which n-gram
+    prompt lookup finds in the prompt; vLLM accepts those drafts and the turns are unchanged."""
+    from rise.engine import build_engine
+    from tests.conftest import PARROT_REPLY, engine_settings
+
+    engine = build_engine(engine_settings(parrot_model_dir, tmp_path, speculative_tokens=4))
+    try:
+        loop = TurnLoop(engine, ChatRenderer(engine.tokenizer))
+        episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS[:4]]
+        await loop.run(episodes, LoopConfig(max_turns=3, sampling=SamplingConfig(0.0, 1.0, 40)))
+        for episode in episodes:
+            assert [turn.text for turn in episode.turns] == [PARROT_REPLY] * 3
+        accepted = sum(
+            sample.value
+            for metric in engine.metrics_registry().collect()
+            if metric.name.startswith("vllm:spec_decode_num_accepted_tokens")
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        )
+        assert accepted > 0
+    finally:
+        await engine.close()
+
+
 async def test_vllm_oracle_stop(parrot_engine) -> None:
     loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
     right = [new_episode(q, reference="7", grader="gsm8k") for q in QUESTIONS[:4]]
