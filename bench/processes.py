@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,9 +26,31 @@ NGINX_CONF = REPO / "docker" / "nginx" / "rise.conf"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A free loopback port *below* the kernel's ephemeral range.
+
+    A port the kernel hands out for ``bind(0)`` can be handed out again before the process we
+    start binds it — and a starting app's vLLM workers bind a dozen such ports before uvicorn
+    binds its own (seen: "address already in use", every live test erroring). Ports below the
+    ephemeral range are never handed out that way, so only another explicit choice can collide.
+    """
+    low = _ephemeral_low()
+    for port in random.Random().sample(range(max(1024, low - 12000), low), 64):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # everything below is taken: the kernel's choice
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> None:

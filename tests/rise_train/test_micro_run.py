@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.processes import free_port
 from rise_train.cli import app as cli_app
 from rise_train.datasets import Problem
 from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
@@ -50,12 +50,6 @@ def weighted_loss(model_dir: Path, examples: list[dict], pad_id: int) -> float:
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return float(weighted_nll(logits, batch["labels"], batch["weights"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def solve_through_service(model_dir: Path, data_dir: Path, log: Path) -> dict:
