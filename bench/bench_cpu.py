@@ -276,7 +276,7 @@ async def measure_round(
         m.concurrent.setdefault(c, []).append(
             await concurrent_tok_s(http, url, model, qs, c, args.max_tokens)
         )
-    solve = solve_service if name == "service" else solve_client
+    solve = solve_service if name in ("service", "spec") else solve_client
     for q in questions(f"{tag}-solve", args.solves):
         start = time.perf_counter()
         m.solve_tokens.append(await solve(http, url, model, q, args.solve_max_tokens))
