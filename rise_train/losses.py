@@ -21,6 +21,10 @@ penalty ``kl_coef · ½(mean-token log π − mean-token log π_anchor)²`` on t
 turn-1 KL to the base, Kumar et al., arXiv 2409.12917, as the k2 estimator on the sampled
 first answers) keeps the first answer near the anchor's while the corrections move.
 
+TRL's ``GRPOTrainer`` is not used for signed advantages either: its rollouts live inside the
+trainer, while RISE's multi-turn collection already runs (and resumes) on the project's vLLM
+loop; what is needed from it is the clipped objective, a few lines below.
+
 TRL is not used: its ``DPOTrainer`` is a whole trainer with its own dataset format and
 collator, and cannot put weighted SFT rows and per-pair-weighted pairs into one batch and one
 loss, which is the point here. What is needed from it, the DPO sigmoid loss (and its

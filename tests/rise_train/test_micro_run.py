@@ -94,23 +94,34 @@ def solve_through_service(model_dir: Path, data_dir: Path, log: Path) -> dict:
 
 
 @pytest.mark.slow
+def run_iterate(
+    model: Path, gsm8k: Path, run_dir: Path, data_dir: Path, n_train: int, n_eval: int, *flags: str
+) -> subprocess.CompletedProcess:
+    """``python -m rise_train iterate`` on GSM8K problems with the tiny model, 2 turns, and the
+    given flags; asserts that it succeeded."""
+    command = [
+        sys.executable, "-m", "rise_train", "iterate",
+        "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", str(n_train),
+        "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", str(n_eval),
+        "--model", str(model), "--run-dir", str(run_dir), "--data-dir", str(data_dir),
+        "--turns", "2", "--eval-turns", "2", "--learning-rate", "1e-3", "--batch-size", "8",
+        "--grad-accum", "1", "--quiet", *ENGINE_FLAGS, *flags,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
 def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
     gsm8k = shared_data / "gsm8k"
-    command = [
-        sys.executable, "-m", "rise_train", "iterate",
-        "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", "16",
-        "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", "8",
-        "--model", str(tiny_model_dir), "--run-dir", str(run_dir), "--data-dir", str(data_dir),
-        "--turns", "2", "--samples", "1,3", "--max-tokens", "32",
+    done = run_iterate(
+        tiny_model_dir, gsm8k, run_dir, data_dir, 16, 8,
+        "--samples", "1,3", "--max-tokens", "32",
         "--target", "dissimilar", "--first-turn", "unit", "--pairs", "fix",
-        "--eval-turns", "2", "--eval-parallel", "2",
-        "--learning-rate", "1e-3", "--epochs", "2", "--batch-size", "8", "--grad-accum", "1",
-        "--quiet", *ENGINE_FLAGS,
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        "--eval-parallel", "2", "--epochs", "2",
+    )  # fmt: skip
     assert "m1@t2" in done.stdout and "iter-0" in done.stdout
     # a clean exit: the engines (base, tuned) are shut down and collected before Python ends
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr[
@@ -201,21 +212,12 @@ def test_on_policy_cycles_with_signed_advantages(
     them, and the second iteration anchors first answers to the base model."""
     run_dir = tmp_path / "run"
     gsm8k = shared_data / "gsm8k"
-    command = [
-        sys.executable, "-m", "rise_train", "iterate", "--iterations", "2",
-        "--train-data", f"gsm8k:{gsm8k / 'train.jsonl'}", "--train-limit", "12",
-        "--eval-data", f"gsm8k:{gsm8k / 'test.jsonl'}", "--eval-limit", "4",
-        "--model", str(tiny_model_dir), "--run-dir", str(run_dir),
-        "--data-dir", str(tmp_path / "data"),
-        "--turns", "2", "--samples", "2,3", "--max-tokens", "24", "--continue-after-correct",
+    run_iterate(
+        tiny_model_dir, gsm8k, run_dir, tmp_path / "data", 12, 4, "--iterations", "2",
+        "--samples", "2,3", "--max-tokens", "24", "--continue-after-correct",
         "--weighting", "advantage", "--progress-bonus", "1", "--policy-clip", "0.2",
-        "--anchor-kl", "0.1", "--eval-turns", "2", "--eval-parallel", "1",
-        "--learning-rate", "1e-3", "--epochs", "1", "--batch-size", "8", "--grad-accum", "1",
-        "--quiet", *ENGINE_FLAGS,
-    ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        "--anchor-kl", "0.1", "--eval-parallel", "1", "--epochs", "1",
+    )  # fmt: skip
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     first, second = manifest["iterations"]
