@@ -117,6 +117,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--anchor-kl", type=float, default=0.0, help="turn-1 penalty towards the base (E4)"
     )
+    p.add_argument(
+        "--anchor-turns", default="first", choices=["first", "all"],
+        help="rows the anchor penalty holds: first answers (SCoRe) or every example",
+    )  # fmt: skip
     p.add_argument("--train-seed", type=int, default=0, help="seed of training only")
     p.add_argument("--seed", type=int, default=0, help="problems and sampling")
     p.add_argument("--dtype", default="bfloat16", help="engine dtype (every model the same)")
@@ -167,7 +171,10 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         "save_strategy": "no", "seed": args.train_seed, "pref_beta": args.pref_beta,
     }  # fmt: skip
     if args.policy_clip:
-        train_args.update(policy_clip=args.policy_clip, anchor_kl_coef=args.anchor_kl)
+        train_args.update(
+            policy_clip=args.policy_clip, anchor_kl_coef=args.anchor_kl,
+            anchor_turns=args.anchor_turns,
+        )  # fmt: skip
     return IterateConfig(
         run_dir=args.run_dir, model=args.model, iterations=args.iterations, engine=engine,
         collect=CollectConfig(

@@ -80,7 +80,8 @@ TRAIN = Options(
     TrainOptions,
     ("learning_rate", "num_train_epochs:epochs", "max_steps",
      "per_device_train_batch_size:batch_size", "gradient_accumulation_steps:grad_accum",
-     "max_length", "lora", "policy_clip", "anchor_kl_coef:anchor_kl", "anchor_model"),
+     "max_length", "lora", "policy_clip", "anchor_kl_coef:anchor_kl", "anchor_model",
+     "anchor_turns"),
     optional=True,  # given flags only: the rest stay TrainConfig's (or --train-arg's)
 )  # fmt: skip
 EVALUATE = Options(

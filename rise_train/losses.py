@@ -17,9 +17,10 @@ SFT row uses the clipped sequence-ratio objective of GSPO (Zheng et al., arXiv 2
 against the collecting policy's log-probs precomputed once. At ρ = 1 its gradient is that of
 ``A × NLL``; once a row's ratio has moved ε in its advantage's direction the row stops pushing,
 so a rejected sample's likelihood is lowered a bounded amount, not to zero. Optionally a
-penalty ``kl_coef · ½(mean-token log π − mean-token log π_anchor)²`` on turn-1 rows (SCoRe's
-turn-1 KL to the base, Kumar et al., arXiv 2409.12917, as the k2 estimator on the sampled
-first answers) keeps the first answer near the anchor's while the corrections move.
+penalty ``kl_coef · ½(mean-token log π − mean-token log π_anchor)²`` on anchored rows — turn-1
+rows (SCoRe's turn-1 KL to the base, Kumar et al., arXiv 2409.12917, as the k2 estimator on the
+sampled first answers) keeps the first answer near the anchor's while the corrections move;
+every row (``--anchor-turns all``) holds the whole policy near it.
 
 TRL's ``GRPOTrainer`` is not used for signed advantages either: its rollouts live inside the
 trainer, while RISE's multi-turn collection already runs (and resumes) on the project's vLLM
@@ -138,8 +139,9 @@ def rise_loss(
     With ``clip_eps`` (signed advantages, module docstring), ``sft_old_logps`` [S] holds each SFT
     row's mean target-token log-prob under the collecting policy and an SFT row's term is
     :func:`clipped_ratio_loss` with its weight as the advantage; ``sft_anchor_logps`` [S] (NaN
-    where a row has no anchor, i.e. is not a first answer) adds ``kl_coef · ½(mean log π −
-    anchor)²``. Without ``clip_eps`` a negative SFT weight is an error.
+    where a row has no anchor) adds ``kl_coef · ½(mean log π −
+    anchor)²`` (which rows have one is the trainer's choice: ``anchor_turns``). Without
+    ``clip_eps`` a negative SFT weight is an error.
 
     Stats: ``sft_nll`` (unweighted mean over SFT rows), ``dpo``, ``pref_accuracy`` (fraction of
     pairs with a positive margin) and ``margin`` (means over pairs), ``n_sft``, ``n_pairs``,

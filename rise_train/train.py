@@ -360,16 +360,21 @@ def precompute_sft_logps(
 
     ``old_logp`` with the initial policy (the policy that collected the examples, for the
     clipped ratio of signed advantages); ``anchor_logp`` with the anchor model, on first answers
-    only (``first_turn_only``). Returns the number of examples scored.
+    only with ``first_turn_only`` (SCoRe's turn-1 KL). Returns the number of examples scored.
     """
-    rows = [
+    rows = _sft_rows(dataset, first_turn_only)
+    jobs = [(row, key, row["input_ids"], row["labels"]) for row in rows]
+    _score(model, jobs, collator, batch_size, device, autocast_dtype, mean=True)
+    return len(rows)
+
+
+def _sft_rows(dataset: ExampleDataset, first_turn_only: bool) -> list[dict[str, Any]]:
+    """The dataset's example rows (not pairs), or its first answers only."""
+    return [
         row
         for row in dataset.rows
         if row["kind"] == "sft" and (not first_turn_only or row.get("turn", 0) == 0)
     ]
-    jobs = [(row, key, row["input_ids"], row["labels"]) for row in rows]
-    _score(model, jobs, collator, batch_size, device, autocast_dtype, mean=True)
-    return len(rows)
 
 
 def _score(
@@ -457,6 +462,8 @@ class TrainConfig(TrainOptions, TrainingArguments):
             raise ValueError(f"pref_beta must be > 0, got {self.pref_beta}")
         if self.pref_coef < 0 or self.pref_nll_coef < 0:
             raise ValueError("pref_coef and pref_nll_coef must be >= 0")
+        if self.anchor_turns not in ("first", "all"):
+            raise ValueError(f"anchor_turns must be first | all, got {self.anchor_turns!r}")
         if not cuda:
             self.use_cpu = True
         # "last" resumes from the newest checkpoint in output_dir, if there is one.
@@ -537,7 +544,7 @@ def fit(config: TrainConfig) -> TrainResult:
             logger.info("collecting-policy log-probs of %d examples computed", n)
             if config.anchor_kl_coef > 0:
                 n = _precompute_anchor(model, dataset, collator, config, scoring)
-                logger.info("anchor log-probs of %d first answers computed", n)
+                logger.info("anchor log-probs of %d examples computed", n)
     logger.info("training in %d process(es), %s", config.world_size, config.parallel_mode.value)
     trainer = WeightedSFTTrainer(
         model=model,
@@ -583,11 +590,16 @@ def _precompute_anchor(
     config: TrainConfig,
     scoring: dict[str, Any],
 ) -> int:
-    """First answers' log-probs under the anchor: ``anchor_model``, else the initial model."""
+    """Anchored rows' log-probs (first answers, or every example with ``anchor_turns="all"``)
+    under the anchor: ``anchor_model``, else the initial model."""
+    first_only = config.anchor_turns == "first"
     if not config.anchor_model:
-        return precompute_sft_logps(
-            model, dataset, collator, "anchor_logp", first_turn_only=True, **scoring
-        )
+        # The initial model is the collecting policy, which has just scored every example
+        # (``old_logp``): the same numbers, so no second pass.
+        rows = _sft_rows(dataset, first_only)
+        for row in rows:
+            row["anchor_logp"] = row["old_logp"]
+        return len(rows)
     from transformers import AutoModelForCausalLM
 
     anchor = AutoModelForCausalLM.from_pretrained(config.anchor_model, dtype=_load_dtype(config))
@@ -595,7 +607,7 @@ def _precompute_anchor(
         anchor.to(config.device)  # type: ignore[arg-type]
     try:
         return precompute_sft_logps(
-            anchor, dataset, collator, "anchor_logp", first_turn_only=True, **scoring
+            anchor, dataset, collator, "anchor_logp", first_turn_only=first_only, **scoring
         )
     finally:
         del anchor

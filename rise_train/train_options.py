@@ -9,6 +9,7 @@ inherits them. Any other ``TrainingArguments`` field is reachable as ``--train-a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -107,7 +108,14 @@ class TrainOptions:
         default=0.0,
         metadata={
             "help": "With policy_clip: weight of the penalty 1/2 (log pi - log pi_anchor)^2 on "
-            "first-answer rows, keeping turn 1 near --anchor-model's."
+            "the anchored rows (--anchor-turns), keeping them near --anchor-model's."
+        },
+    )
+    anchor_turns: Literal["first", "all"] = field(
+        default="first",
+        metadata={
+            "help": "Rows the anchor penalty holds: first answers (SCoRe's turn-1 KL) or every "
+            "example (a KL to the anchor on all turns, a trust region on the whole policy)."
         },
     )
     anchor_model: str | None = field(

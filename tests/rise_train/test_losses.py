@@ -24,6 +24,7 @@ from rise_train.train import (
     TrainConfig,
     WeightedCollator,
     WeightedSFTTrainer,
+    _precompute_anchor,
     fit,
     precompute_reference_logps,
     precompute_sft_logps,
@@ -593,3 +594,46 @@ def test_fit_signed_advantages_need_policy_clip_and_move_both_ways(
             assert moved > 0 if row["weight"] > 0 else moved < 0, row["weight"]
             scores.setdefault(row["weight"], []).append(moved)
     assert len(scores[1.0]) == len(scores[-1.0]) == len(QUESTIONS)
+
+
+@pytest.mark.parametrize("turns, scored", [("first", {0}), ("all", {0, 1})])
+def test_anchor_turns_choose_the_anchored_rows(
+    tiny_model_dir: Path, tiny_tokenizer: Any, tmp_path: Path, turns: str, scored: set[int]
+) -> None:
+    """``anchor_turns`` first scores first answers only (the rest get no anchor, so no penalty);
+    ``all`` scores every example."""
+    from transformers import AutoModelForCausalLM
+
+    rows = _signed_rows(tmp_path, tiny_tokenizer)
+    config = _config(
+        tiny_model_dir, rows, tmp_path / "out", policy_clip=0.2, anchor_kl_coef=0.1,
+        anchor_turns=turns,
+    )  # fmt: skip
+    dataset = ExampleDataset(read_rows(rows))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    collator = WeightedCollator(pad_token_id=0)
+    scoring = {"batch_size": 4, "device": "cpu", "autocast_dtype": None}
+    precompute_sft_logps(model, dataset, collator, "old_logp", **scoring)
+    n = _precompute_anchor(model, dataset, collator, config, scoring)
+    has = {row["turn"] for row in dataset.rows if row.get("anchor_logp") is not None}
+    assert has == scored
+    assert n == sum(row["turn"] in scored for row in dataset.rows)
+    # Without --anchor-model the anchor is the initial model, i.e. the collecting policy.
+    assert all(
+        row["anchor_logp"] == row["old_logp"] < 0 for row in dataset.rows if row["turn"] in scored
+    )
+    # With one, it is scored: here the same weights from disk, so the same numbers.
+    named = _config(
+        tiny_model_dir, rows, tmp_path / "named", policy_clip=0.2, anchor_kl_coef=0.1,
+        anchor_turns=turns, anchor_model=str(tiny_model_dir),
+    )  # fmt: skip
+    for row in dataset.rows:
+        row.pop("anchor_logp", None)
+    assert _precompute_anchor(model, dataset, collator, named, scoring) == n
+    for row in dataset.rows:
+        if row["turn"] in scored:
+            assert row["anchor_logp"] == pytest.approx(row["old_logp"], abs=1e-5)
+        else:
+            assert row.get("anchor_logp") is None
+    with pytest.raises(ValueError, match="anchor_turns"):
+        _config(tiny_model_dir, rows, tmp_path / "bad", anchor_turns="second")
