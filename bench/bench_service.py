@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
+from rise.engine.vllm_engine import engine_layout  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
 
 TURNS = 5
@@ -176,16 +177,16 @@ class Subprocess:
 
     proc: subprocess.Popen | None = None
 
-    def launch(self, command: list[str], env: dict[str, str], ready_url: str) -> None:
+    def launch(
+        self, command: list[str], env: dict[str, str], ready_url: str, log: Path | None = None
+    ) -> None:
+        """Start ``command``; its output goes to ``log`` (appended) when given, else nowhere."""
         self.ready_url = ready_url
-        self.proc = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+            self.proc = subprocess.Popen(
+                command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
 
     async def wait(self) -> None:
         assert self.proc is not None
@@ -214,7 +215,7 @@ class Service(Subprocess):
             "RISE_MAX_NUM_SEQS": settings.max_num_seqs,
             "RISE_MAX_CONCURRENT_SOLVES": max_concurrency,
             "RISE_DTYPE": settings.dtype,
-            "RISE_SPECULATIVE_TOKENS": settings.speculative_tokens or None,
+            "RISE_SPECULATIVE_TOKENS": settings.speculative_tokens,  # 0 (off) is a value
             "RISE_LOG_LEVEL": "warning",
         }
         # Unset settings (None: the engine's own default) stay out of the environment.
@@ -269,6 +270,12 @@ class VLLMClient(Subprocess):
             "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log",
             "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
+        # The same n-gram speculation our engine resolves from these settings (on CPU by default).
+        speculative = engine_layout(settings, settings.model, gpu=False).kwargs.get(
+            "speculative_config"
+        )
+        if speculative:
+            command += ["--speculative-config", json.dumps(speculative)]
         self.launch(command, env, f"{self.url}/health")
 
     async def start(self) -> Solve:

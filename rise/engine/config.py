@@ -52,16 +52,25 @@ class EngineSettings(BaseSettings):
         None, ge=1, description="CPU only: engine threads; default: every core."
     )
     seed: int = Field(0, description="Engine-wide sampling seed.")
-    speculative_tokens: int = Field(
-        0,
+    speculative_tokens: int | None = Field(
+        None,
         ge=0,
         le=16,
         description="n-gram prompt-lookup speculation: tokens vLLM proposes per step by matching "
         "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
-        "its earlier turns and the question); 0 = off. Exact: rejection sampling keeps the "
-        "output distribution.",
+        "its earlier turns and the question); 0 = off; unset = on for CPU (vllm_engine."
+        "CPU_SPECULATIVE_TOKENS: one stream's decode there is bound by reading the weights), "
+        "off on GPU (not measured there). Exact: rejection sampling keeps the output "
+        "distribution.",
     )
     speculative_ngram: int = Field(
         4, ge=2, description="Longest n-gram the speculation matches (shortest: 2)."
+    )
+    speculative_max_batch: int = Field(
+        8,
+        ge=1,
+        description="Speculate only while the engine runs at most this many sequences (vLLM's "
+        "dynamic schedule turns it off above): a large batch is compute-bound, and verifying "
+        "drafts there costs more than it saves (measured at 32 streams on CPU).",
     )
     enable_prefix_caching: bool = True

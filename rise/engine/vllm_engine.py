@@ -56,6 +56,11 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 them bf16 is emulated and slower than float32 (measured on AVX2); with AVX512-BF16 it is 1.8x
 faster than float32 through the RISE loop on a 2-core machine (docs/VLLM_CPU.md)."""
 
+CPU_SPECULATIVE_TOKENS = 4
+"""n-gram speculation's proposed tokens per step on CPU when RISE_SPECULATIVE_TOKENS is unset: one
+stream's decode there is bound by reading the weights, so verifying a few drafted tokens costs
+about one step (docs/VLLM_CPU.md; ``bench/bench_cpu.py --speculative`` measures it)."""
+
 
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags the kernel reports (``/proc/cpuinfo``); empty where unknown."""
@@ -117,13 +122,22 @@ def engine_layout(
         kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * _GIB)
     if settings.block_size is not None:
         kwargs["block_size"] = settings.block_size
-    if settings.speculative_tokens:
+    speculative = settings.speculative_tokens
+    if speculative is None:
+        speculative = 0 if gpu else CPU_SPECULATIVE_TOKENS
+    if speculative:
         kwargs["speculative_config"] = {
             "method": "ngram",
-            "num_speculative_tokens": settings.speculative_tokens,
+            "num_speculative_tokens": speculative,
             "prompt_lookup_min": 2,
             "prompt_lookup_max": settings.speculative_ngram,
         }
+        cap = settings.speculative_max_batch
+        if cap < settings.max_num_seqs:  # vLLM carries the last entry's K to every larger batch
+            kwargs["speculative_config"]["num_speculative_tokens_per_batch_size"] = [
+                (1, cap, speculative),
+                (cap + 1, cap + 1, 0),
+            ]
     dp = settings.data_parallel_size
     return EngineLayout(
         str(model_path), kwargs, per_request_seed=gpu, data_parallel_size=dp, dtype_reason=reason

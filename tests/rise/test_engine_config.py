@@ -12,6 +12,7 @@ import pytest
 from rise.engine import EngineSettings, SamplingConfig
 from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
 from rise.engine.vllm_engine import (
+    CPU_SPECULATIVE_TOKENS,
     configure_cpu_environment,
     cpu_flags,
     engine_layout,
@@ -34,6 +35,11 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
 def test_engine_layout_speculation_is_ngram_prompt_lookup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    default = EngineSettings(model="m", data_dir=tmp_path)
+    cpu = engine_layout(default, tmp_path, gpu=False).kwargs["speculative_config"]
+    assert cpu["num_speculative_tokens"] == CPU_SPECULATIVE_TOKENS > 0  # on by default on CPU
+    assert "speculative_config" not in engine_layout(default, tmp_path, gpu=True).kwargs
+    monkeypatch.setenv("RISE_SPECULATIVE_TOKENS", "0")
     off = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
     assert "speculative_config" not in off.kwargs
     monkeypatch.setenv("RISE_SPECULATIVE_TOKENS", "3")
@@ -43,7 +49,12 @@ def test_engine_layout_speculation_is_ngram_prompt_lookup(
         "num_speculative_tokens": 3,
         "prompt_lookup_min": 2,
         "prompt_lookup_max": 4,
+        # off above 8 running sequences (of max_num_seqs 64): vLLM's dynamic schedule
+        "num_speculative_tokens_per_batch_size": [(1, 8, 3), (9, 9, 0)],
     }
+    monkeypatch.setenv("RISE_SPECULATIVE_MAX_BATCH", "64")
+    layout = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
+    assert "num_speculative_tokens_per_batch_size" not in layout.kwargs["speculative_config"]
     with pytest.raises(ValueError, match="speculative_ngram"):
         EngineSettings(model="m", speculative_tokens=3, speculative_ngram=1)
 
