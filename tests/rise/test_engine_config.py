@@ -16,6 +16,8 @@ from rise.engine.vllm_engine import (
     configure_cpu_environment,
     cpu_flags,
     engine_layout,
+    intel_openmp,
+    preloaded,
     sampling_params,
 )
 
@@ -159,3 +161,22 @@ def test_the_engine_knows_no_prompts_and_rise_knows_no_callers() -> None:
     for path, names in _imported_modules("rise").items():
         callers = {n for n in names if n.split(".")[0] in ("app", "rise_train", "tests")}
         assert not callers, f"{path} imports {sorted(callers)}"
+
+
+def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intel OpenMP is preloaded only inside the block (the engine's start), and an
+    LD_PRELOAD that already names an OpenMP library wins."""
+    library = tmp_path / "libiomp5.so"
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    with preloaded(library):
+        assert os.environ["LD_PRELOAD"] == str(library)
+    assert "LD_PRELOAD" not in os.environ
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
+    with preloaded(library):
+        assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libtcmalloc.so"
+    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc.so"
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libgomp.so")
+    with preloaded(library), preloaded(None):
+        assert os.environ["LD_PRELOAD"] == "/lib/libgomp.so"
+    found = intel_openmp()
+    assert found is None or found.name == "libiomp5.so"
