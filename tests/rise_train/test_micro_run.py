@@ -93,7 +93,6 @@ def solve_through_service(model_dir: Path, data_dir: Path, log: Path) -> dict:
                 proc.wait()
 
 
-@pytest.mark.slow
 def run_iterate(
     model: Path, gsm8k: Path, run_dir: Path, data_dir: Path, n_train: int, n_eval: int, *flags: str
 ) -> subprocess.CompletedProcess:
@@ -113,6 +112,7 @@ def run_iterate(
     return done
 
 
+@pytest.mark.slow
 def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
     gsm8k = shared_data / "gsm8k"
@@ -204,6 +204,7 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     assert solved["turns"][0]["completion_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_on_policy_cycles_with_signed_advantages(
     tmp_path: Path, tiny_model_dir: Path, shared_data: Path
 ) -> None:
