@@ -24,14 +24,18 @@ built, the script says why and measures our side only.
 
     .venv/bin/python bench/bench_cpu.py                # ~10 minutes on 2 cores once built
     .venv/bin/python bench/bench_cpu.py --plain        # + the service without speculation
+    .venv/bin/python bench/bench_cpu.py --systems service --variant iomp:cpu_preload_iomp=true
     .venv/bin/python bench/bench_cpu.py --rounds 1 --systems service
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu.py --systems service --waves 0 --solves 0
 
 The service's engine settings come from its defaults (on CPU that includes n-gram speculation;
-``--speculative N`` sets it, 0 turns it off, and ``--plain`` measures the service without it
-beside the default); variables already in the environment (``OMP_NUM_THREADS``, ``VLLM_*``) pass
-through to it, which is how the settings in docs/VLLM_CPU.md were compared. If llama-server dies
-mid-run, its log is ``.cache/llama.cpp/llama-server.log``.
+``--speculative N`` sets it, 0 turns it off). ``--variant NAME:FIELD=VALUE[,FIELD=VALUE...]``
+adds a copy of the service with engine settings changed, measured in every round beside the
+others, so a setting is compared under the same weather (``--plain`` is
+``plain:speculative_tokens=0``; the report prints the default service / each variant).
+Variables already in the environment (``OMP_NUM_THREADS``, ``VLLM_*``) pass through to every
+service, which is how the other settings in docs/VLLM_CPU.md were compared. If llama-server
+dies mid-run, its log is ``.cache/llama.cpp/llama-server.log``.
 """
 
 from __future__ import annotations
@@ -280,7 +284,7 @@ async def measure_round(
         m.concurrent.setdefault(c, []).append(
             await concurrent_tok_s(http, url, model, qs, c, args.max_tokens)
         )
-    solve = solve_service if name in ("service", "plain") else solve_client
+    solve = solve_client if name == "llama" else solve_service
     for q in questions(f"{tag}-solve", args.solves):
         start = time.perf_counter()
         m.solve_tokens.append(await solve(http, url, model, q, args.solve_max_tokens))
@@ -304,9 +308,8 @@ async def run(args: argparse.Namespace) -> dict[str, Measured]:
             speculative_tokens=args.speculative,
         )  # fmt: skip
         systems["service"] = Service(args, settings, max(CONCURRENCY))
-        if args.plain:  # the same service without n-gram speculation, measured beside it
-            plain = settings.model_copy(update={"speculative_tokens": 0})
-            systems["plain"] = Service(args, plain, max(CONCURRENCY))
+        for name, changes in args.variant:  # copies of the service, measured beside it
+            systems[name] = Service(args, settings_variant(settings, changes), max(CONCURRENCY))
     # No keep-alive: llama-server (cpp-httplib) closes idle connections on its own clock, and a
     # request sent on one it just closed fails ("server disconnected"). A loopback connect costs
     # well under a millisecond, the same for every system.
@@ -358,15 +361,19 @@ def summary(m: Measured) -> dict[str, float]:
 
 
 def report(results: dict[str, Measured]) -> dict[str, dict[str, float]]:
+    """The median of every workload per system, then the ratios: each of ours against
+    llama-server, and the default service against each variant of it."""
     rows = {name: summary(m) for name, m in results.items()}
     keys = ["ttft_ms", "decode_tok_s", "e2e_tok_s", *[f"c{c}_tok_s" for c in CONCURRENCY],
             "solve_s", "solve_tokens"]  # fmt: skip
     print(f"\n{'system':8} " + " ".join(f"{k:>13}" for k in keys))
     for name, row in rows.items():
         print(f"{name:8} " + " ".join(f"{row[k]:>13.1f}" for k in keys))
-    for ours, theirs in (("service", "llama"), ("plain", "llama"), ("service", "plain")):
-        if {ours, theirs} <= rows.keys():
-            ratios(ours, rows[ours], theirs, rows[theirs])
+    ours = [name for name in rows if name != "llama"]
+    pairs = [(name, "llama") for name in ours] + [("service", v) for v in ours if v != "service"]
+    for mine, theirs in pairs:
+        if {mine, theirs} <= rows.keys():
+            ratios(mine, rows[mine], theirs, rows[theirs])
     return rows
 
 
@@ -388,6 +395,28 @@ def ratios(ours: str, s: dict[str, float], theirs: str, ll: dict[str, float]) ->
     print(f"\nratios ({ours} / {theirs}; > 1 means {ours} is better):")
     for label, ratio, note in lines:
         print(f"  {label:28} {ratio:5.2f}x" + (f"  ({note})" if note else ""))
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:FIELD=VALUE[,FIELD=VALUE...]`` -> (NAME, {FIELD: VALUE}), FIELD an engine setting."""
+    name, sep, assignments = text.partition(":")
+    if not sep or not name.isidentifier() or name in ("service", "llama"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME:FIELD=VALUE[,...] with a new system NAME"
+        )
+    changes = dict(item.partition("=")[::2] for item in assignments.split(","))
+    unknown = sorted(set(changes) - set(EngineSettings.model_fields))
+    if unknown or not all(changes.values()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: unknown engine setting {unknown} or a missing value; settings: "
+            + ", ".join(EngineSettings.model_fields)
+        )
+    return name, changes
+
+
+def settings_variant(settings: EngineSettings, changes: dict[str, str]) -> EngineSettings:
+    """``settings`` with ``changes`` applied and validated like the ``RISE_*`` variables."""
+    return EngineSettings.model_validate({**settings.model_dump(exclude_unset=True), **changes})
 
 
 def main() -> None:
@@ -414,11 +443,33 @@ def main() -> None:
     parser.add_argument(
         "--plain",
         action="store_true",
-        help="also measure the service with speculation off (system 'plain')",
+        help="also measure the service with speculation off (plain:speculative_tokens=0)",
+    )
+    parser.add_argument(
+        "--variant",
+        type=parse_variant,
+        action="append",
+        default=[],
+        metavar="NAME:FIELD=VALUE[,...]",
+        help="also measure a copy of the service with these engine settings changed "
+        "(e.g. iomp:cpu_preload_iomp=true); repeatable",
     )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".data")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
+    if args.plain:
+        args.variant.insert(0, ("plain", {"speculative_tokens": "0"}))
+    variant_names = [name for name, _ in args.variant]
+    if len(set(variant_names)) < len(variant_names):
+        parser.error(f"--variant: a system name given twice: {variant_names}")
+    if args.variant and "service" not in args.systems:
+        parser.error("--variant / --plain need the service among --systems")
+    try:
+        base = EngineSettings(data_dir=args.data_dir)
+        for _, changes in args.variant:
+            settings_variant(base, changes)
+    except ValueError as error:  # pydantic's ValidationError names the field and the value
+        parser.error(f"--variant: {error}")
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     cpu = names[0] if names else "unknown CPU"

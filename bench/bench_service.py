@@ -197,6 +197,14 @@ class Subprocess:
             await asyncio.to_thread(stop_process, self.proc)
 
 
+def engine_env(settings: EngineSettings) -> dict[str, str]:
+    """Every engine setting as its ``RISE_*`` variable, so that a server started with them builds
+    exactly ``settings`` (a variant made with ``model_copy`` included); unset ones (None: the
+    engine's own default) stay out."""
+    values = {name: getattr(settings, name) for name in EngineSettings.model_fields}
+    return {f"RISE_{name.upper()}": str(v) for name, v in values.items() if v is not None}
+
+
 class Service(Subprocess):
     """``python -m app`` (memory sessions), one POST /solve per problem."""
 
@@ -205,21 +213,11 @@ class Service(Subprocess):
         self.url = f"http://127.0.0.1:{port}"
         self.args = args
         env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_")}
-        values = {
-            "RISE_MODEL": settings.model,
-            "RISE_DATA_DIR": settings.data_dir,
-            "RISE_PORT": port,
-            "RISE_MAX_MODEL_LEN": settings.max_model_len,
-            "RISE_KV_CACHE_GIB": settings.kv_cache_gib,
-            "RISE_BLOCK_SIZE": settings.block_size,
-            "RISE_MAX_NUM_SEQS": settings.max_num_seqs,
-            "RISE_MAX_CONCURRENT_SOLVES": max_concurrency,
-            "RISE_DTYPE": settings.dtype,
-            "RISE_SPECULATIVE_TOKENS": settings.speculative_tokens,  # 0 (off) is a value
-            "RISE_LOG_LEVEL": "warning",
-        }
-        # Unset settings (None: the engine's own default) stay out of the environment.
-        env.update({name: str(value) for name, value in values.items() if value is not None})
+        env.update(engine_env(settings))
+        env.update(
+            RISE_PORT=str(port), RISE_MAX_CONCURRENT_SOLVES=str(max_concurrency),
+            RISE_LOG_LEVEL="warning",
+        )  # fmt: skip
         self.launch([sys.executable, "-m", "app"], env, f"{self.url}/ready")
 
     async def start(self) -> Solve:

@@ -1,0 +1,72 @@
+"""The CPU benchmark's service variants: parsed, validated, and carried to the server intact."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bench.bench_cpu import parse_variant, settings_variant
+from bench.bench_service import engine_env
+from rise.engine.config import EngineSettings
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RISE_* variable of the caller's shell leaks into the settings under test."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("RISE_")]:
+        monkeypatch.delenv(name)
+
+
+def test_parse_variant_reads_name_and_settings() -> None:
+    assert parse_variant("iomp:cpu_preload_iomp=true") == ("iomp", {"cpu_preload_iomp": "true"})
+    assert parse_variant("s2:speculative_tokens=2,speculative_max_batch=4") == (
+        "s2",
+        {"speculative_tokens": "2", "speculative_max_batch": "4"},
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "iomp",  # no settings
+        "service:cpu_preload_iomp=true",  # a system that already exists
+        "llama:seed=1",
+        "x:no_such_setting=1",
+        "x:seed=",  # a missing value
+        "x:seed",
+        "two words:seed=1",
+    ],
+)
+def test_parse_variant_refuses_bad_input(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_variant(text)
+
+
+def test_settings_variant_validates_and_keeps_the_rest(clean_env: None, tmp_path: Path) -> None:
+    base = EngineSettings(data_dir=tmp_path, max_num_seqs=64, dtype="float32")
+    variant = settings_variant(base, {"cpu_preload_iomp": "true", "speculative_tokens": "0"})
+    assert variant.cpu_preload_iomp is True and variant.speculative_tokens == 0
+    assert (variant.data_dir, variant.max_num_seqs, variant.dtype) == (tmp_path, 64, "float32")
+    assert base.cpu_preload_iomp is False and base.speculative_tokens is None  # untouched
+    with pytest.raises(ValidationError, match="speculative_tokens"):
+        settings_variant(base, {"speculative_tokens": "-1"})
+
+
+def test_engine_env_rebuilds_the_same_settings(
+    clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the benchmark's server process reads back is every field it was given."""
+    settings = settings_variant(
+        EngineSettings(data_dir=tmp_path, max_num_seqs=48),
+        {"cpu_preload_iomp": "true", "speculative_tokens": "2", "enforce_eager": "false"},
+    )
+    env = engine_env(settings)
+    assert "RISE_CPU_THREADS" not in env  # unset: the engine's own default, not "None"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert EngineSettings() == settings
