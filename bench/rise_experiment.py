@@ -103,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", default="chosen", choices=["chosen", "dissimilar"])
     p.add_argument("--first-turn", default="full", choices=["full", "unit", "exclude"])
     p.add_argument("--progress-bonus", type=float, default=0.0)
+    p.add_argument(
+        "--negative-scale", type=float, default=1.0,
+        help="multiplier of negative advantages (--weighting advantage)",
+    )  # fmt: skip
     p.add_argument("--pairs", default="none", choices=["none", "fix", "fix+keep"])
     p.add_argument("--no-dedup-trajectory", dest="dedup_trajectory", action="store_false")
     p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
@@ -186,6 +190,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         build=BuildConfig(
             criteria=args.criteria, weighting=args.weighting, target=args.target,
             first_turn=args.first_turn, progress_bonus=args.progress_bonus, pairs=args.pairs,
+            negative_scale=args.negative_scale,
             dedup_trajectory=args.dedup_trajectory, max_length=args.max_length, seed=args.seed,
         ),
         train=train_args,

@@ -36,7 +36,9 @@ drops repeated (prompt, target) pairs across the whole input.
   Samples worse than their state's others get negative weights; ``criteria`` must be ``all``.
   A negative example is never de-duplicated (a copied wrong attempt is exactly what it should
   push down), and ``dedup`` (repeated prompt + target) is off: identical on-policy samples are
-  two samples.
+  two samples. ``negative_scale`` multiplies the negative advantages (1: as computed; 0: drop
+  them): E4 pilot 3 (docs/EXPERIMENTS.md) balanced +51 against −51 and still lost the answer
+  line's stop, so the push-down can be weakened without losing its direction.
 
 then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
 answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
@@ -115,6 +117,10 @@ class BuildConfig:
     progress_bonus: float = field(
         default=0.0, metadata={"help": "alpha of the weight bonus alpha*(r_t - r_{t-1})."}
     )
+    negative_scale: float = field(
+        default=1.0,
+        metadata={"help": "Multiplier of negative advantages (advantage weighting; 0 drops them)."},
+    )
     pairs: Literal["none", "fix", "fix+keep"] = field(
         default="none", metadata={"help": "Preference pairs: none | fix | fix+keep."}
     )
@@ -153,6 +159,10 @@ class BuildConfig:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
         if self.progress_bonus < 0 or self.pair_weight <= 0:
             raise ValueError("progress_bonus must be >= 0 and pair_weight > 0")
+        if not 0.0 <= self.negative_scale <= 1.0:
+            raise ValueError(f"negative_scale must be in [0, 1], got {self.negative_scale}")
+        if self.negative_scale != 1.0 and self.weighting != "advantage":
+            raise ValueError("negative_scale applies to weighting 'advantage' only")
         if self.weighting == "advantage" and self.criteria != "all":
             raise ValueError("weighting 'advantage' needs criteria 'all' (the baseline needs them)")
 
@@ -221,8 +231,10 @@ def example_weight(
     if config.signed:
         w = reward - baseline
         if previous is None:
-            return math.copysign(1.0, w) if config.first_turn == "unit" and w else w
-        return w + config.progress_bonus * (reward - previous)
+            w = math.copysign(1.0, w) if config.first_turn == "unit" and w else w
+        else:
+            w = w + config.progress_bonus * (reward - previous)
+        return w * config.negative_scale if w < 0 else w
     if config.weighting == "uniform":
         w = 1.0
     else:

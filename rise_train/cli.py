@@ -72,8 +72,8 @@ TEACHER = Options(
 )  # fmt: skip
 BUILD = Options(
     BuildConfig,
-    ("criteria", "weighting", "tau", "target", "first_turn", "progress_bonus", "pairs",
-     "pair_weight", "include_candidates", "dedup_trajectory"),
+    ("criteria", "weighting", "tau", "target", "first_turn", "progress_bonus",
+     "negative_scale", "pairs", "pair_weight", "include_candidates", "dedup_trajectory"),
 )  # fmt: skip
 BUILD_FILES = Options(BuildConfig, ("dedup", "shuffle", "max_length", "tokenizer"))
 TRAIN = Options(

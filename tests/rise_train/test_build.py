@@ -423,6 +423,15 @@ def test_advantage_weights_are_signed_leave_one_out_with_progress_bonus() -> Non
     assert stats.composition["first"]["weight_share"] == pytest.approx(1.0 / 3.5)
     unit = BuildConfig(shuffle=False, weighting="advantage", first_turn="unit")
     assert [r.weight for r in build_examples([p, q], unit)[0] if r.turn == 0] == [-1.0, 1.0]
+    half = BuildConfig(shuffle=False, weighting="advantage", progress_bonus=0.5, negative_scale=0.5)
+    assert [r.weight for r in build_examples([p, q], half)[0]] == [-0.25, 1.5, -0.25, -0.25, 0.5]
+    dropped, stats = build_examples([p, q], BuildConfig(weighting="advantage", negative_scale=0))
+    assert sorted(r.weight for r in dropped) == [0.5, 1.0] and stats.zero_weight == 3
+    for bad in ({"negative_scale": -0.1}, {"negative_scale": 1.5}):
+        with pytest.raises(ValueError, match="negative_scale"):
+            BuildConfig(weighting="advantage", **bad)
+    with pytest.raises(ValueError, match="advantage' only"):
+        BuildConfig(negative_scale=0.5)
 
 
 def test_advantage_drops_a_positive_repeat_and_needs_criteria_all() -> None:
