@@ -24,7 +24,7 @@ built, the script says why and measures our side only.
 
     .venv/bin/python bench/bench_cpu.py                # ~10 minutes on 2 cores once built
     .venv/bin/python bench/bench_cpu.py --plain        # + the service without speculation
-    .venv/bin/python bench/bench_cpu.py --systems service --variant iomp:cpu_preload_iomp=true
+    .venv/bin/python bench/bench_cpu.py --systems service --variant no_iomp:cpu_preload_iomp=false
     .venv/bin/python bench/bench_cpu.py --rounds 1 --systems service
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_cpu.py --systems service --waves 0 --solves 0
 
@@ -452,7 +452,7 @@ def main() -> None:
         default=[],
         metavar="NAME:FIELD=VALUE[,...]",
         help="also measure a copy of the service with these engine settings changed "
-        "(e.g. iomp:cpu_preload_iomp=true); repeatable",
+        "(e.g. no_iomp:cpu_preload_iomp=false); repeatable",
     )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".data")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")

@@ -49,10 +49,10 @@ def test_parse_variant_refuses_bad_input(text: str) -> None:
 
 def test_settings_variant_validates_and_keeps_the_rest(clean_env: None, tmp_path: Path) -> None:
     base = EngineSettings(data_dir=tmp_path, max_num_seqs=64, dtype="float32")
-    variant = settings_variant(base, {"cpu_preload_iomp": "true", "speculative_tokens": "0"})
-    assert variant.cpu_preload_iomp is True and variant.speculative_tokens == 0
+    variant = settings_variant(base, {"cpu_preload_iomp": "false", "speculative_tokens": "0"})
+    assert variant.cpu_preload_iomp is False and variant.speculative_tokens == 0
     assert (variant.data_dir, variant.max_num_seqs, variant.dtype) == (tmp_path, 64, "float32")
-    assert base.cpu_preload_iomp is False and base.speculative_tokens is None  # untouched
+    assert base.cpu_preload_iomp is True and base.speculative_tokens is None  # untouched
     with pytest.raises(ValidationError, match="speculative_tokens"):
         settings_variant(base, {"speculative_tokens": "-1"})
 
@@ -63,7 +63,7 @@ def test_engine_env_rebuilds_the_same_settings(
     """What the benchmark's server process reads back is every field it was given."""
     settings = settings_variant(
         EngineSettings(data_dir=tmp_path, max_num_seqs=48),
-        {"cpu_preload_iomp": "true", "speculative_tokens": "2", "enforce_eager": "false"},
+        {"cpu_preload_iomp": "false", "speculative_tokens": "2", "enforce_eager": "false"},
     )
     env = engine_env(settings)
     assert "RISE_CPU_THREADS" not in env  # unset: the engine's own default, not "None"

