@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
-from rise.engine.vllm_engine import engine_layout  # noqa: E402
+from rise.engine.vllm_engine import engine_layout, intel_openmp, preloaded  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
 
 TURNS = 5
@@ -249,7 +249,9 @@ class VLLMClient(Subprocess):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.args = args
-        env = dict(os.environ)
+        # The Intel OpenMP preload our engine gets (on CPU by default), for the whole server here.
+        with preloaded(intel_openmp() if settings.cpu_preload_iomp else None):
+            env = dict(os.environ)
         # The thread settings the RISE engine sets (rise.engine.vllm_engine): without them
         # vLLM-CPU pins torch to one thread and runs ~10x slower.
         env.setdefault("OMP_NUM_THREADS", str(settings.cpu_threads or os.cpu_count() or 1))
