@@ -49,7 +49,7 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
-from rise.engine.vllm_engine import engine_layout, intel_openmp, preloaded  # noqa: E402
+from rise.engine.vllm_engine import engine_layout, engine_preload, preloaded  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
 
 TURNS = 5
@@ -250,7 +250,7 @@ class VLLMClient(Subprocess):
         self.url = f"http://127.0.0.1:{port}"
         self.args = args
         # The Intel OpenMP preload our engine gets (on CPU by default), for the whole server here.
-        with preloaded(intel_openmp() if settings.cpu_preload_iomp else None):
+        with preloaded(engine_preload(settings, gpu=False)):
             env = dict(os.environ)
         # The thread settings the RISE engine sets (rise.engine.vllm_engine): without them
         # vLLM-CPU pins torch to one thread and runs ~10x slower.

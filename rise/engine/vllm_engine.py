@@ -59,6 +59,13 @@ def intel_openmp() -> Path | None:
     return path if path.is_file() else None
 
 
+def engine_preload(settings: EngineSettings, gpu: bool) -> Path | None:
+    """The library the engine's processes preload: Intel OpenMP on CPU when
+    ``RISE_CPU_PRELOAD_IOMP`` is on and the library is installed, else None. The one place the
+    rule lives, so a benchmark's other server gets exactly what our engine gets."""
+    return intel_openmp() if not gpu and settings.cpu_preload_iomp else None
+
+
 @contextlib.contextmanager
 def preloaded(library: Path | None) -> Iterator[None]:
     """``LD_PRELOAD`` ``library`` for the processes started inside the block, then restore it.
@@ -236,7 +243,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
         layout = engine_layout(settings, model_path, gpu, cpu_flags())
         logger.info("engine dtype %s (%s)", layout.kwargs["dtype"], layout.dtype_reason)
-        iomp = intel_openmp() if not gpu and settings.cpu_preload_iomp else None
+        iomp = engine_preload(settings, gpu)
         if iomp is not None:
             logger.info("engine processes preload Intel OpenMP (%s)", iomp)
         with preloaded(iomp):
