@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--negative-scale", type=float, default=1.0,
         help="multiplier of negative advantages (--weighting advantage)",
     )  # fmt: skip
+    p.add_argument(
+        "--mask-negative-stop", action="store_true",
+        help="negative examples leave their final stop token out of the loss",
+    )  # fmt: skip
     p.add_argument("--pairs", default="none", choices=["none", "fix", "fix+keep"])
     p.add_argument("--no-dedup-trajectory", dest="dedup_trajectory", action="store_false")
     p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
@@ -190,7 +194,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         build=BuildConfig(
             criteria=args.criteria, weighting=args.weighting, target=args.target,
             first_turn=args.first_turn, progress_bonus=args.progress_bonus, pairs=args.pairs,
-            negative_scale=args.negative_scale,
+            negative_scale=args.negative_scale, mask_negative_stop=args.mask_negative_stop,
             dedup_trajectory=args.dedup_trajectory, max_length=args.max_length, seed=args.seed,
         ),
         train=train_args,

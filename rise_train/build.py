@@ -39,6 +39,11 @@ drops repeated (prompt, target) pairs across the whole input.
   two samples. ``negative_scale`` multiplies the negative advantages (1: as computed; 0: drop
   them): E4 pilot 3 (docs/EXPERIMENTS.md) balanced +51 against −51 and still lost the answer
   line's stop, so the push-down can be weakened without losing its direction.
+  ``mask_negative_stop`` aims at that failure itself: a negative example leaves its final
+  end-of-sequence token out of the loss. A wrong answer pushed down whole also pushes down the
+  stop after its answer line — the very token a right answer ends with — so the model learns
+  to write on past the answer; masked, the stop is taught by the positive examples only and
+  the wrong content is still pushed down.
 
 then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
 answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
@@ -121,6 +126,12 @@ class BuildConfig:
         default=1.0,
         metadata={"help": "Multiplier of negative advantages (advantage weighting; 0 drops them)."},
     )
+    mask_negative_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave a negative example's final end-of-sequence token out of its loss."
+        },
+    )
     pairs: Literal["none", "fix", "fix+keep"] = field(
         default="none", metadata={"help": "Preference pairs: none | fix | fix+keep."}
     )
@@ -163,6 +174,8 @@ class BuildConfig:
             raise ValueError(f"negative_scale must be in [0, 1], got {self.negative_scale}")
         if self.negative_scale != 1.0 and self.weighting != "advantage":
             raise ValueError("negative_scale applies to weighting 'advantage' only")
+        if self.mask_negative_stop and self.weighting != "advantage":
+            raise ValueError("mask_negative_stop applies to weighting 'advantage' only")
         if self.weighting == "advantage" and self.criteria != "all":
             raise ValueError("weighting 'advantage' needs criteria 'all' (the baseline needs them)")
 
@@ -187,6 +200,7 @@ class BuildStats:
     empty_target: int = 0
     too_long: int = 0
     truncated: int = 0
+    stops_masked: int = 0  # negative examples whose final stop token is left out of the loss
     examples: int = 0
     pairs: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
@@ -513,7 +527,7 @@ def _example(
         stats.truncated += 1
     outcome = action.candidate.outcome or "unknown"
     stats.by_outcome[outcome] = stats.by_outcome.get(outcome, 0) + 1
-    return Example.from_ids(
+    example = Example.from_ids(
         *fitted,
         weight,
         problem_id=action.problem_id,
@@ -523,6 +537,13 @@ def _example(
         source=action.candidate.source,
         transition=transition(action.previous_reward, reward),
     )
+    if config.mask_negative_stop and weight < 0.0 and action.candidate.ended_with_eos:
+        if len(action.target_ids) == 1:  # the stop alone: nothing left to push down
+            stats.empty_target += 1
+            return None
+        example.labels[-1] = IGNORE_INDEX  # the stop the candidate ended with (see the docstring)
+        stats.stops_masked += 1
+    return example
 
 
 def _fit_pair(pair: PreferencePair, max_length: int | None) -> PreferencePair | None:

@@ -434,6 +434,40 @@ def test_advantage_weights_are_signed_leave_one_out_with_progress_bonus() -> Non
         BuildConfig(negative_scale=0.5)
 
 
+def test_mask_negative_stop_leaves_the_stop_of_negative_examples_only() -> None:
+    """A negative example's final stop token (it ended with EOS) gets no loss; a positive one,
+    a negative one cut off by max_tokens, and a negative one that is the stop alone are handled
+    as the docstring says."""
+    stop = 2
+    p = _traj(
+        "p",
+        _turn(0, [(0.0, [1, 5, stop], "5")]),
+        _turn(1, [(1.0, [7, 8, stop], "6"), (0.0, [4, 4, stop], "5"), (0.0, [stop], None)]),
+    )
+    p["turns"][1]["candidates"].append(
+        {"text": "x", "output_ids": [6, 6, 6], "answer": "5", "outcome": OUTCOME[0.0],
+         "reward": 0.0, "ended_with_eos": False}
+    )  # fmt: skip
+    q = _traj("q", _turn(0, [(1.0, [3, 3, stop], "6")]))  # turn-1 mean 0.5: p's first is < 0
+    plain = BuildConfig(shuffle=False, weighting="advantage")
+    masked = BuildConfig(shuffle=False, weighting="advantage", mask_negative_stop=True)
+    before, _ = build_examples([p, q], plain)
+    after, stats = build_examples([p, q], masked)
+    target = {tuple(r.input_ids[r.n_context :]): r for r in before}
+    labels = {tuple(r.input_ids[r.n_context :]): r.labels[r.n_context :] for r in after}
+    assert labels[(1, 5, stop)] == [1, 5, IGNORE_INDEX]  # turn 1, weight 0 − 0.5 < 0
+    assert labels[(3, 3, stop)] == [3, 3, stop]
+    assert labels[(7, 8, stop)] == [7, 8, stop]  # positive: the stop is taught
+    assert labels[(4, 4, stop)] == [4, 4, IGNORE_INDEX]
+    assert labels[(6, 6, 6)] == [6, 6, 6]  # cut off: its last token is not a stop
+    assert (stop,) in target and (stop,) not in labels  # the stop alone: nothing left
+    assert stats.stops_masked == 2 and stats.empty_target == 1
+    kept = [r for r in before if r.input_ids[r.n_context :] != [stop]]
+    assert [(r.input_ids, r.weight) for r in after] == [(r.input_ids, r.weight) for r in kept]
+    with pytest.raises(ValueError, match="advantage' only"):
+        BuildConfig(mask_negative_stop=True)
+
+
 def test_advantage_drops_a_positive_repeat_and_needs_criteria_all() -> None:
     copy = _traj(
         "c",
