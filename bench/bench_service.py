@@ -249,7 +249,7 @@ class VLLMClient(Subprocess):
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.args = args
-        # The Intel OpenMP preload our engine gets (on CPU by default), for the whole server here.
+        # The libraries our engine preloads (Intel OpenMP on CPU by default), for the whole server.
         with preloaded(engine_preload(settings, gpu=False)):
             env = dict(os.environ)
         # The thread settings the RISE engine sets (rise.engine.vllm_engine): without them

@@ -58,6 +58,12 @@ class EngineSettings(BaseSettings):
         "about for speculative decoding without it). Faster on every workload in an "
         "interleaved run on a 2-core AMD EPYC (docs/VLLM_CPU.md); false turns it off.",
     )
+    cpu_preload_tcmalloc: bool = Field(
+        False,
+        description="CPU only: preload tcmalloc (libtcmalloc_minimal from the Debian package "
+        "libtcmalloc-minimal4; skipped where it is absent) into the engine's processes, the "
+        "other library vLLM's CPU guide preloads (docs/VLLM_CPU.md).",
+    )
     seed: int = Field(0, description="Engine-wide sampling seed.")
     speculative_tokens: int | None = Field(
         None,

@@ -59,29 +59,63 @@ def intel_openmp() -> Path | None:
     return path if path.is_file() else None
 
 
-def engine_preload(settings: EngineSettings, gpu: bool) -> Path | None:
-    """The library the engine's processes preload: Intel OpenMP on CPU when
-    ``RISE_CPU_PRELOAD_IOMP`` is on and the library is installed, else None. The one place the
-    rule lives, so a benchmark's other server gets exactly what our engine gets."""
-    return intel_openmp() if not gpu and settings.cpu_preload_iomp else None
+TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
+"""tcmalloc's shared objects, minimal first (the allocator alone, what vLLM's CPU image uses)."""
+
+
+def tcmalloc(folders: Sequence[Path] | None = None) -> Path | None:
+    """tcmalloc in the system's library folders (Debian: ``libtcmalloc-minimal4``), or None."""
+    if folders is None:
+        arch = f"{os.uname().machine}-linux-gnu"
+        folders = [
+            Path("/usr/lib") / arch,
+            Path("/lib") / arch,
+            Path("/usr/lib64"),
+            Path("/usr/lib"),
+        ]
+    for name in TCMALLOC_NAMES:
+        for folder in folders:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def engine_preload(settings: EngineSettings, gpu: bool) -> tuple[Path, ...]:
+    """The libraries the engine's processes preload, in ``LD_PRELOAD`` order: on CPU, tcmalloc
+    when ``RISE_CPU_PRELOAD_TCMALLOC`` is on, then Intel OpenMP when ``RISE_CPU_PRELOAD_IOMP``
+    is on, each where it is installed. The one place the rule lives, so a benchmark's other
+    server gets exactly what our engine gets."""
+    if gpu:
+        return ()
+    found = (
+        tcmalloc() if settings.cpu_preload_tcmalloc else None,
+        intel_openmp() if settings.cpu_preload_iomp else None,
+    )
+    return tuple(path for path in found if path is not None)
+
+
+_PRELOAD_KINDS = ("tcmalloc", "omp")
+"""Kinds of preloaded library, as their file names say: one of each kind in ``LD_PRELOAD``."""
 
 
 @contextlib.contextmanager
-def preloaded(library: Path | None) -> Iterator[None]:
-    """``LD_PRELOAD`` ``library`` for the processes started inside the block, then restore it.
+def preloaded(libraries: Sequence[Path]) -> Iterator[None]:
+    """``LD_PRELOAD`` ``libraries`` for the processes started inside the block, then restore it.
 
-    vLLM's CPU guide preloads Intel OpenMP in place of torch's GNU OpenMP
-    (``RISE_CPU_PRELOAD_IOMP``, on by default; measured in docs/VLLM_CPU.md). The loader reads
-    ``LD_PRELOAD`` when a process starts, so it reaches the engine's spawned processes (engine
-    core, and the workers it starts), not this one; scoping it keeps it out of every other
-    program this process starts later. A ``LD_PRELOAD`` that already names an OpenMP library is
-    left alone.
+    vLLM's CPU guide preloads Intel OpenMP in place of torch's GNU OpenMP, and tcmalloc
+    (``RISE_CPU_PRELOAD_IOMP``, on by default; ``RISE_CPU_PRELOAD_TCMALLOC``; measured in
+    docs/VLLM_CPU.md). The loader reads ``LD_PRELOAD`` when a process starts, so it reaches the
+    engine's spawned processes (engine core, and the workers it starts), not this one; scoping
+    it keeps it out of every other program this process starts later. A library whose kind (an
+    OpenMP, tcmalloc) the existing ``LD_PRELOAD`` already names is left out: the user's wins.
     """
     before = os.environ.get("LD_PRELOAD")
-    if library is None or (before is not None and "omp" in before):
+    taken = {kind for kind in _PRELOAD_KINDS if before and kind in before}
+    added = [str(lib) for lib in libraries if not any(kind in lib.name for kind in taken)]
+    if not added:
         yield
         return
-    os.environ["LD_PRELOAD"] = f"{library}:{before}" if before else str(library)
+    os.environ["LD_PRELOAD"] = ":".join([*added, before] if before else added)
     try:
         yield
     finally:
@@ -243,10 +277,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
         layout = engine_layout(settings, model_path, gpu, cpu_flags())
         logger.info("engine dtype %s (%s)", layout.kwargs["dtype"], layout.dtype_reason)
-        iomp = engine_preload(settings, gpu)
-        if iomp is not None:
-            logger.info("engine processes preload Intel OpenMP (%s)", iomp)
-        with preloaded(iomp):
+        libraries = engine_preload(settings, gpu)
+        if libraries:
+            logger.info("engine processes preload %s", ", ".join(map(str, libraries)))
+        with preloaded(libraries):
             return cls.from_layout(layout, model_name=settings.model)
 
     @classmethod

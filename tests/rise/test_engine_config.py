@@ -16,9 +16,11 @@ from rise.engine.vllm_engine import (
     configure_cpu_environment,
     cpu_flags,
     engine_layout,
+    engine_preload,
     intel_openmp,
     preloaded,
     sampling_params,
+    tcmalloc,
 )
 
 
@@ -164,19 +166,40 @@ def test_the_engine_knows_no_prompts_and_rise_knows_no_callers() -> None:
 
 
 def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Intel OpenMP is preloaded only inside the block (the engine's start), and an
-    LD_PRELOAD that already names an OpenMP library wins."""
+    """The libraries are preloaded only inside the block (the engine's start), in order, and an
+    LD_PRELOAD that already names a library of the same kind (an OpenMP, tcmalloc) wins."""
     library = tmp_path / "libiomp5.so"
+    malloc = tmp_path / "libtcmalloc_minimal.so.4"
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    with preloaded(library):
+    with preloaded((library,)):
         assert os.environ["LD_PRELOAD"] == str(library)
     assert "LD_PRELOAD" not in os.environ
+    with preloaded((malloc, library)):
+        assert os.environ["LD_PRELOAD"] == f"{malloc}:{library}"
+    assert "LD_PRELOAD" not in os.environ
     monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
-    with preloaded(library):
+    with preloaded((malloc, library)):
         assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libtcmalloc.so"
     assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc.so"
     monkeypatch.setenv("LD_PRELOAD", "/lib/libgomp.so")
-    with preloaded(library), preloaded(None):
+    with preloaded((library,)), preloaded(()):
         assert os.environ["LD_PRELOAD"] == "/lib/libgomp.so"
     found = intel_openmp()
     assert found is None or found.name == "libiomp5.so"
+
+
+def test_engine_preload_follows_the_settings(tmp_path: Path) -> None:
+    """tcmalloc (off by default) before Intel OpenMP (on by default), where installed; nothing on
+    GPU; tcmalloc found in a library folder, minimal first."""
+    iomp, malloc = intel_openmp(), tcmalloc()
+    default = EngineSettings()
+    assert engine_preload(default, gpu=False) == tuple(p for p in (iomp,) if p)
+    both = EngineSettings(cpu_preload_tcmalloc=True)
+    assert engine_preload(both, gpu=False) == tuple(p for p in (malloc, iomp) if p)
+    assert engine_preload(both, gpu=True) == ()
+    assert engine_preload(EngineSettings(cpu_preload_iomp=False), gpu=False) == ()
+    assert tcmalloc([tmp_path]) is None
+    (tmp_path / "libtcmalloc.so.4").touch()
+    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc.so.4"
+    (tmp_path / "libtcmalloc_minimal.so.4").touch()
+    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc_minimal.so.4"
