@@ -20,6 +20,10 @@ resumes it where it stopped::
         --policy-clip 0.2 --anchor-kl 0.1
     # the tables of several runs side by side (no engine)
     python bench/rise_experiment.py --summarize runs/e1 runs/e2 runs/control
+    # a trained checkpoint on a larger held-out set, evaluated exactly as inside a run
+    python bench/rise_experiment.py --evaluate-model runs/e4p5s1/iter-0/model \\
+        --run-dir runs/e4p5s1/eval400 --oot 0 --eval-temperature 0.7 --max-tokens 128 \\
+        --dtype float32
 
 Problems are generated (``bench/arith_problems.py``): ``--train`` training and ``--eval``
 held-out problems of one template family, plus ``--oot`` out-of-template held-out problems
@@ -140,6 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--control-of", default=None, help="single-turn control matched to this run")
     p.add_argument("--base-of", default=None, help="reuse this run's base evaluations only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--evaluate-model", default=None, metavar="MODEL",
+        help="only evaluate this checkpoint on the held-out sets, into --run-dir",
+    )  # fmt: skip
     p.add_argument(
         "--summarize", nargs="*", default=None, metavar="RUN",
         help="only print (and write results.json for) these existing run directories",
@@ -295,8 +303,46 @@ def seed_variant(
     save_manifest(target, manifest)
 
 
+def evaluate_model(args: argparse.Namespace) -> int:
+    """Evaluate ``--evaluate-model`` on this configuration's held-out sets (main, then the
+    out-of-template one), with the run's prompts, engine and evaluation settings: a model
+    trained on 100 problems measured on 400 compares with a base evaluated on the same 400
+    (the problems depend on ``--train``, ``--eval`` and ``--seed`` only)."""
+    import asyncio
+
+    from rise.engine import build_engine
+    from rise.prompts import ChatRenderer
+    from rise_train.evaluate import run_evaluation
+    from rise_train.report import format_table, write_evaluation
+
+    config = iterate_config(args)
+    _, evals, extra = datasets(args)
+    out = Path(args.run_dir)
+
+    async def run_all() -> None:
+        engine = build_engine(config.engine_settings(Path(args.evaluate_model)))
+        try:
+            renderer = ChatRenderer(engine.tokenizer, config.prompts)
+            for data in [evals, *extra]:
+                folder = out / ("eval" if data is evals else f"eval-{data.name}")
+                result = await run_evaluation(
+                    engine, data.problems, config.evaluate, label=out.name,
+                    renderer=renderer, progress=not args.quiet,
+                )  # fmt: skip
+                write_evaluation(result, folder)
+                print(f"{data.spec}: {folder}")
+                print(format_table([(out.name, result.report)]))
+        finally:
+            await engine.close()
+
+    asyncio.run(run_all())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.evaluate_model is not None:
+        return evaluate_model(args)
     if args.summarize is not None:
         from experiment_report import print_summary
 
