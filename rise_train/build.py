@@ -511,8 +511,9 @@ def _example(
     if weight == 0.0 or (weight < 0.0 and not config.signed):
         stats.zero_weight += 1
         return None
-    if not action.target_ids:
-        stats.empty_target += 1
+    mask_stop = config.mask_negative_stop and weight < 0.0 and action.candidate.ended_with_eos
+    if not action.target_ids or (mask_stop and len(action.target_ids) == 1):
+        stats.empty_target += 1  # no target, or the stop alone: nothing left to push down
         return None
     key = (tuple(action.prompt_ids), tuple(action.target_ids))
     if config.dedup and not config.signed and key in seen:
@@ -537,10 +538,7 @@ def _example(
         source=action.candidate.source,
         transition=transition(action.previous_reward, reward),
     )
-    if config.mask_negative_stop and weight < 0.0 and action.candidate.ended_with_eos:
-        if len(action.target_ids) == 1:  # the stop alone: nothing left to push down
-            stats.empty_target += 1
-            return None
+    if mask_stop:
         example.labels[-1] = IGNORE_INDEX  # the stop the candidate ended with (see the docstring)
         stats.stops_masked += 1
     return example
