@@ -115,6 +115,10 @@ class Podman:
     def image_exists(self, name: str) -> bool:
         return self("image", "exists", name, check=False).returncode == 0
 
+    def image_id(self, name: str) -> str | None:
+        proc = self("image", "inspect", "--format", "{{.Id}}", name, check=False)
+        return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
     def check_runs_containers(self) -> None:
         """Fail with the reason when this host cannot run a container at all."""
         proc = self("info", "--format", "{{.Host.OCIRuntime.Name}}", check=False, timeout=60)
@@ -152,6 +156,14 @@ class Podman:
         volumes: list[str] | None = None,
         timeout: float = 3600,
     ) -> None:
+        """Build ``tag``, then remove the image it replaced.
+
+        Every fresh clone is a new build context, so each test run makes a new ~3 GB app image
+        and leaves the previous one dangling with its build layers (141 of them filled this
+        machine's disk once). ``rmi`` of the superseded image also removes its parent layers
+        that nothing else uses, while layers the new image shares stay.
+        """
+        previous = self.image_id(tag)
         args = ["build", "--format", "docker", "--isolation", "chroot", "-t", tag]
         args += ["-f", str(dockerfile)]
         for key, value in (build_args or {}).items():
@@ -159,6 +171,9 @@ class Podman:
         for volume in volumes or []:
             args += ["--volume", volume]
         self(*args, str(context), timeout=timeout)
+        if previous is not None and previous != self.image_id(tag):
+            # A container still using it (a user's, or a stale one) keeps it: not an error here.
+            self("rmi", previous, check=False, timeout=600)
 
     def build_redis(self) -> str:
         """Always built: podman's layer cache makes an unchanged Containerfile a no-op."""

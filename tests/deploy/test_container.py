@@ -253,6 +253,32 @@ def test_compose_app_and_redis_come_up_and_keep_sessions_across_down(
     assert _mtimes(model_dir) == prepared, "the second up prepared the model again"
 
 
+def test_a_rebuilt_tag_leaves_no_superseded_image_behind(podman: Podman, tmp_path: Path) -> None:
+    """Each fresh clone rebuilds the app image; the one it replaces (and its layers) must go."""
+    base = podman.ensure_base()
+    tag = f"localhost/rise-test-rebuild:{uuid.uuid4().hex[:8]}"
+    (tmp_path / "Containerfile").write_text(f"FROM {base}\nARG STAMP\nRUN echo $STAMP > /stamp\n")
+    ids = []
+
+    def stored() -> set[str]:
+        return set(podman("images", "-a", "-q", "--no-trunc").stdout.split())
+
+    before = stored()
+    try:
+        for stamp in ("first", "second"):
+            podman.build(tag, tmp_path / "Containerfile", tmp_path, {"STAMP": stamp}, timeout=600)
+            ids.append(podman.image_id(tag))
+        assert None not in ids and ids[0] != ids[1], ids
+        assert not podman.image_exists(ids[0]), "the superseded image is still stored"
+        assert podman.image_exists(base), "removing the old image must not take the shared base"
+        podman.build(tag, tmp_path / "Containerfile", tmp_path, {"STAMP": "second"}, timeout=600)
+        assert podman.image_id(tag) == ids[1], "a cached rebuild keeps (and must not remove) it"
+        podman("rmi", tag)
+        assert stored() == before, "build layers of a removed image are still stored"
+    finally:
+        podman("rmi", "-f", tag, check=False)
+
+
 def test_host_pip_settings_mount_local_indexes_and_the_ca_bundle(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
