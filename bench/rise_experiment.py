@@ -14,10 +14,11 @@ resumes it where it stopped::
     python bench/rise_experiment.py --run-dir runs/control --control-of runs/e1
     # E4: on-policy cycles with signed advantages (SCoRe-like): each iteration collects with
     #     the latest model, weights every candidate by its advantage in its state (negative
-    #     for the worse ones), trains the clipped sequence ratio, and anchors turn 1 to the base
-    python bench/rise_experiment.py --run-dir runs/e4 --base-of runs/e1 --iterations 3 \\
-        --samples 2,4 --continue-after-correct --weighting advantage --progress-bonus 1 \\
-        --policy-clip 0.2 --anchor-kl 0.1
+    #     for the worse ones), trains the clipped sequence ratio, and anchors every turn to the
+    #     base (the pilots' recipe, docs/EXPERIMENTS.md "E4 pilot 5"; not yet a working one)
+    python bench/rise_experiment.py --run-dir runs/e4 --base-of runs/e1 --iterations 2 \\
+        --samples 2,8 --weighting advantage --progress-bonus 0 --mask-negative-stop \\
+        --policy-clip 0.2 --anchor-kl 0.1 --anchor-turns all
     # the tables of several runs side by side (no engine)
     python bench/rise_experiment.py --summarize runs/e1 runs/e2 runs/control
     # a trained checkpoint on a larger held-out set, evaluated exactly as inside a run
