@@ -11,7 +11,9 @@ arguments set (base image, this machine's pip settings). Then:
   docker-compose 1.29 through podman's Docker API socket (a test-only override publishes the
   app's port, which the shipped file leaves to its proxy, and names the test's own Redis image);
   a solve's session lands in that Redis, ``docker-compose down`` keeps the volumes, and after
-  ``up`` again the session is still there.
+  ``up`` again the session is still there;
+- rebuilding: a tag built again removes the image it replaced and that image's build layers
+  (each fresh clone builds a new ≈3 GB app image; left behind, they once filled the disk).
 
 A host that cannot build or run containers fails these tests with the reason; they never skip.
 """
