@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "podman"
 BASE_IMAGE = "localhost/rise-test-python:3.11-bookworm"
 APP_IMAGE = "localhost/rise-cpu:0.1.0"  # the name docker/compose.yaml gives the CPU image
+# The Dockerfile's build stage, tagged so that the rebuild of a fresh clone replaces (and removes)
+# the previous one instead of leaving it untagged (≈3 GB each).
+APP_BUILD_STAGE_IMAGE = "localhost/rise-cpu-build-stage:0.1.0"
 REDIS_IMAGE = "localhost/rise-test-redis:bookworm"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -155,8 +158,10 @@ class Podman:
         build_args: dict[str, str] | None = None,
         volumes: list[str] | None = None,
         timeout: float = 3600,
+        target: str | None = None,
     ) -> None:
-        """Build ``tag``, then remove the image it replaced.
+        """Build ``tag`` (the Dockerfile's stage ``target``, or its last), then remove the image
+        it replaced.
 
         Every fresh clone is a new build context, so each test run makes a new ~3 GB app image
         and leaves the previous one dangling with its build layers (141 of them filled this
@@ -166,6 +171,8 @@ class Podman:
         previous = self.image_id(tag)
         args = ["build", "--format", "docker", "--isolation", "chroot", "-t", tag]
         args += ["-f", str(dockerfile)]
+        if target is not None:
+            args += ["--target", target]
         for key, value in (build_args or {}).items():
             args += ["--build-arg", f"{key}={value}"]
         for volume in volumes or []:

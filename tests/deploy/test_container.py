@@ -35,7 +35,14 @@ from bench.processes import free_port
 from rise.engine.config import DEFAULT_MODEL
 from rise.engine.models import cache_dir_for
 
-from .podman import APP_IMAGE, CACHE, ROOT, Podman, host_pip_settings
+from .podman import (
+    APP_BUILD_STAGE_IMAGE,
+    APP_IMAGE,
+    CACHE,
+    ROOT,
+    Podman,
+    host_pip_settings,
+)
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 COMPOSE_V1 = "/usr/bin/docker-compose"
@@ -59,13 +66,12 @@ def app_image(podman: Podman) -> str:
     """docker/Dockerfile.cpu on the bootstrapped base (layers cached by podman between runs)."""
     base = podman.ensure_base()
     build_args, volumes = host_pip_settings()
-    podman.build(
-        APP_IMAGE,
-        ROOT / "docker" / "Dockerfile.cpu",
-        ROOT,
-        {**build_args, "PYTHON_IMAGE": base},
-        volumes,
-    )
+    args = {**build_args, "PYTHON_IMAGE": base}
+    dockerfile = ROOT / "docker" / "Dockerfile.cpu"
+    # The build stage first, under its own tag: the multi-stage build would otherwise leave it
+    # untagged, and so never removed, on every rebuild. The second build reuses its layers.
+    podman.build(APP_BUILD_STAGE_IMAGE, dockerfile, ROOT, args, volumes, target="build")
+    podman.build(APP_IMAGE, dockerfile, ROOT, args, volumes)
     return APP_IMAGE
 
 
