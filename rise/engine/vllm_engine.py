@@ -41,15 +41,30 @@ def on_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def configure_cpu_environment(threads: int | None) -> None:
-    """Thread settings the CPU engine-core process inherits (it reads them at start-up).
+def cpu_environment(settings: EngineSettings) -> dict[str, str]:
+    """The thread settings CPU engine processes read at start-up (the one owner of the rule: the
+    engine and a benchmark's ``vllm serve`` apply the same).
 
     vLLM-CPU otherwise cuts torch to one thread "for serving" and pins it: measured here on
     2 cores, SmolLM2-135M ran at 2.4 tok/s single-stream that way and 27 tok/s with all cores.
-    Values already in the environment win.
+    Unpinned ("nobind"), vLLM also leaves Intel OpenMP's ``KMP_BLOCKTIME`` at the library's
+    default, 200 ms of spinning after every parallel region, on cores the engine core and the
+    API process need between steps (pinned, vLLM sets 5 ms); ``cpu_omp_blocktime_ms`` sets it.
     """
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads or os.cpu_count() or 1))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    env = {
+        "OMP_NUM_THREADS": str(settings.cpu_threads or os.cpu_count() or 1),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }
+    if settings.cpu_omp_blocktime_ms is not None:
+        env["KMP_BLOCKTIME"] = str(settings.cpu_omp_blocktime_ms)
+    return env
+
+
+def configure_cpu_environment(settings: EngineSettings) -> None:
+    """Put :func:`cpu_environment` into this process's environment, which the spawned engine
+    processes inherit; values already in the environment win."""
+    for name, value in cpu_environment(settings).items():
+        os.environ.setdefault(name, value)
 
 
 def intel_openmp() -> Path | None:
@@ -273,7 +288,7 @@ class VLLMEngine:
         model_path = prepare_model(settings.model, settings.data_dir)
         gpu = on_gpu()
         if not gpu:
-            configure_cpu_environment(settings.cpu_threads)
+            configure_cpu_environment(settings)
         os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
         layout = engine_layout(settings, model_path, gpu, cpu_flags())
         logger.info("engine dtype %s (%s)", layout.kwargs["dtype"], layout.dtype_reason)

@@ -14,6 +14,7 @@ from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_mod
 from rise.engine.vllm_engine import (
     CPU_SPECULATIVE_TOKENS,
     configure_cpu_environment,
+    cpu_environment,
     cpu_flags,
     engine_layout,
     engine_preload,
@@ -118,9 +119,21 @@ def test_engine_settings_read_rise_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_configure_cpu_environment_respects_existing_values(monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    configure_cpu_environment(None)
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    configure_cpu_environment(EngineSettings(cpu_omp_blocktime_ms=1))
     assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert os.environ["KMP_BLOCKTIME"] == "1"
+
+
+def test_cpu_environment_threads_and_blocktime(monkeypatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert cpu_environment(EngineSettings()) == {
+        "OMP_NUM_THREADS": "6",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }
+    env = cpu_environment(EngineSettings(cpu_threads=2, cpu_omp_blocktime_ms=0))
+    assert env["OMP_NUM_THREADS"] == "2" and env["KMP_BLOCKTIME"] == "0"
 
 
 def test_prepare_model_uses_local_folders_and_refuses_unknown(tmp_path: Path, monkeypatch) -> None:
