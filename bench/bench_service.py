@@ -51,6 +51,7 @@ from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
 from rise.engine.vllm_engine import (  # noqa: E402
     cpu_environment,
+    cpu_flags,
     engine_layout,
     engine_preload,
     preloaded,
@@ -247,6 +248,30 @@ class Service(Subprocess):
         await super().stop()
 
 
+def vllm_serve_command(settings: EngineSettings, port: int, flags: frozenset[str]) -> list[str]:
+    """``vllm serve`` with what our engine resolves from ``settings`` on a CPU with ``flags``:
+    the dtype (bf16 where the CPU has AVX512-BF16 or AMX) and the n-gram speculation, so the
+    comparison is engine against engine, not precision against precision."""
+    layout = engine_layout(settings, settings.model, gpu=False, flags=flags)
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", settings.model, "--served-model-name", "bench",
+        "--dtype", layout.kwargs["dtype"], "--enforce-eager",
+        "--max-model-len", str(settings.max_model_len),
+        "--kv-cache-memory-bytes", str(int(settings.kv_cache_gib * (1 << 30))),
+        "--block-size", str(settings.block_size),
+        "--max-num-seqs", str(settings.max_num_seqs),
+        "--seed", str(settings.seed),
+        "--enable-prompt-tokens-details",
+        "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    speculative = layout.kwargs.get("speculative_config")
+    if speculative:
+        command += ["--speculative-config", json.dumps(speculative)]
+    return command
+
+
 class VLLMClient(Subprocess):
     """vLLM's own OpenAI server; the client drives the turns, re-sending the whole history."""
 
@@ -262,25 +287,7 @@ class VLLMClient(Subprocess):
         for name, value in cpu_environment(settings).items():
             env.setdefault(name, value)
         env.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
-        command = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", settings.model, "--served-model-name", "bench",
-            "--dtype", "float32", "--enforce-eager",
-            "--max-model-len", str(settings.max_model_len),
-            "--kv-cache-memory-bytes", str(int(settings.kv_cache_gib * (1 << 30))),
-            "--block-size", str(settings.block_size),
-            "--max-num-seqs", str(settings.max_num_seqs),
-            "--seed", str(settings.seed),
-            "--enable-prompt-tokens-details",
-            "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log",
-            "--host", "127.0.0.1", "--port", str(port),
-        ]  # fmt: skip
-        # The same n-gram speculation our engine resolves from these settings (on CPU by default).
-        speculative = engine_layout(settings, settings.model, gpu=False).kwargs.get(
-            "speculative_config"
-        )
-        if speculative:
-            command += ["--speculative-config", json.dumps(speculative)]
+        command = vllm_serve_command(settings, port, cpu_flags())
         self.launch(command, env, f"{self.url}/health")
 
     async def start(self) -> Solve:

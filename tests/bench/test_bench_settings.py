@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from bench.bench_cpu import parse_variant, settings_variant
-from bench.bench_service import engine_env
+from bench.bench_service import engine_env, vllm_serve_command
 from rise.engine.config import EngineSettings
 
 
@@ -70,3 +70,23 @@ def test_engine_env_rebuilds_the_same_settings(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert EngineSettings() == settings
+
+
+def test_vllm_serve_gets_the_dtype_and_speculation_our_engine_resolves(
+    clean_env: None, tmp_path: Path
+) -> None:
+    """The comparison server runs in the precision our engine picks on the same CPU."""
+    settings = EngineSettings(model="m", data_dir=tmp_path, block_size=32)
+
+    def option(command: list[str], name: str) -> str | None:
+        return command[command.index(name) + 1] if name in command else None
+
+    plain_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2"}))
+    bf16_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2", "avx512_bf16"}))
+    assert option(plain_cpu, "--dtype") == "float32"
+    assert option(bf16_cpu, "--dtype") == "bfloat16"
+    assert option(plain_cpu, "--port") == "8123"
+    assert '"ngram"' in (option(plain_cpu, "--speculative-config") or "")
+    off = settings.model_copy(update={"speculative_tokens": 0, "dtype": "float32"})
+    command = vllm_serve_command(off, 8123, frozenset({"avx512_bf16"}))
+    assert "--speculative-config" not in command and option(command, "--dtype") == "float32"
