@@ -11,7 +11,7 @@
 #   /usr/bin/chromium, chromedriver  Debian's Chromium: the /ui playground's browser test
 #   /usr/sbin/nginx           Debian's nginx: checks docker/nginx/rise.conf and routes two live
 #                             replicas in tests/app/test_live_replicas.py
-#   podman, buildah, runc, debootstrap (+ catatonit, netavark, aardvark-dns, fuse-overlayfs, ...)
+#   podman, buildah, runc, debootstrap (+ catatonit, netavark, aardvark-dns, iptables, ...)
 #                             Debian's container tools: tests/deploy/test_container.py builds the
 #                             CPU image and runs it, alone and through docker-compose (no Docker
 #                             engine here); runc because Debian's default crun fails on cgroups
@@ -71,11 +71,13 @@ fi
 chromedriver --version >/dev/null 2>&1 || fail "chromedriver is installed but does not run"
 
 # --- Debian: podman and friends (the image is built and run for real in tests/deploy) ---------
+# netavark sets up container networks with iptables, which a minimal Debian lacks ("netavark: No
+# such file or directory" from every `podman run` with a network, on a fresh machine).
 CONTAINER_PACKAGES=(podman buildah runc debootstrap catatonit fuse-overlayfs uidmap slirp4netns
-    netavark aardvark-dns)
+    netavark aardvark-dns iptables)
 if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
     || ! [ -x /usr/sbin/debootstrap ] || ! [ -x /usr/libexec/podman/catatonit ] \
-    || ! [ -x /usr/lib/podman/aardvark-dns ]; then
+    || ! [ -x /usr/lib/podman/aardvark-dns ] || ! [ -x /usr/sbin/iptables ]; then
     apt_install "${CONTAINER_PACKAGES[@]}"
 fi
 podman --version >/dev/null 2>&1 || fail "podman is installed but does not run"
