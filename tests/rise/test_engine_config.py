@@ -13,6 +13,7 @@ from rise.engine import EngineSettings, SamplingConfig
 from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
 from rise.engine.vllm_engine import (
     CPU_SPECULATIVE_TOKENS,
+    IN_CORE_EXECUTOR,
     configure_cpu_environment,
     cpu_environment,
     cpu_flags,
@@ -35,6 +36,24 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
     assert layout.kwargs["block_size"] == 32
     assert "gpu_memory_utilization" not in layout.kwargs
     assert layout.per_request_seed is False
+
+
+def test_engine_layout_cpu_worker_runs_in_the_engine_core(tmp_path: Path) -> None:
+    """vLLM-CPU rewrites "uni" to its multiprocess executor, so the single-process executor is
+    named by its qualified name, which vLLM resolves to the class; GPUs, tensor parallelism and
+    the setting turned off keep vLLM's own choice."""
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.executor.uniproc_executor import UniProcExecutor
+
+    default = EngineSettings(model="m", data_dir=tmp_path)
+    backend = engine_layout(default, tmp_path, gpu=False).kwargs["distributed_executor_backend"]
+    assert backend == IN_CORE_EXECUTOR != "uni"
+    assert resolve_obj_by_qualname(backend) is UniProcExecutor
+    assert "distributed_executor_backend" not in engine_layout(default, tmp_path, gpu=True).kwargs
+    for changed in ({"cpu_worker_in_engine_core": False}, {"tensor_parallel_size": 2}):
+        settings = EngineSettings(model="m", data_dir=tmp_path, **changed)
+        kwargs = engine_layout(settings, tmp_path, gpu=False).kwargs
+        assert "distributed_executor_backend" not in kwargs, changed
 
 
 def test_engine_layout_speculation_is_ngram_prompt_lookup(

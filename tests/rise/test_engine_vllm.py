@@ -105,6 +105,19 @@ async def test_vllm_engine_processes_preload_intel_openmp(tiny_engine) -> None:
     assert "libiomp5" not in os.environ.get("LD_PRELOAD", "")
 
 
+async def test_vllm_engine_runs_its_worker_inside_the_engine_core(tiny_engine) -> None:
+    """The default CPU layout is two processes (this one and vLLM's engine core, which runs the
+    model itself), not vLLM-CPU's three: no "Worker" process under this one."""
+    titles = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            titles.append(" ".join(child.cmdline()))
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+    assert any("EngineCore" in title for title in titles), titles
+    assert not any("Worker" in title for title in titles), titles
+
+
 async def test_vllm_oracle_stop(parrot_engine) -> None:
     loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
     right = [new_episode(q, reference="7", grader="gsm8k") for q in QUESTIONS[:4]]
