@@ -250,8 +250,9 @@ class Service(Subprocess):
 
 def vllm_serve_command(settings: EngineSettings, port: int, flags: frozenset[str]) -> list[str]:
     """``vllm serve`` with what our engine resolves from ``settings`` on a CPU with ``flags``:
-    the dtype (bf16 where the CPU has AVX512-BF16 or AMX) and the n-gram speculation, so the
-    comparison is engine against engine, not precision against precision."""
+    the dtype (bf16 where the CPU has AVX512-BF16 or AMX), the n-gram speculation and the
+    process layout (the worker inside the engine core), so the comparison is our serving
+    against a client of vLLM's, not one engine configuration against another."""
     layout = engine_layout(settings, settings.model, gpu=False, flags=flags)
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -269,6 +270,9 @@ def vllm_serve_command(settings: EngineSettings, port: int, flags: frozenset[str
     speculative = layout.kwargs.get("speculative_config")
     if speculative:
         command += ["--speculative-config", json.dumps(speculative)]
+    executor = layout.kwargs.get("distributed_executor_backend")
+    if executor:  # the model worker inside the engine core, as in our engine
+        command += ["--distributed-executor-backend", executor]
     return command
 
 

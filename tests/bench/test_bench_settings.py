@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from bench.bench_cpu import parse_variant, settings_variant
 from bench.bench_service import engine_env, vllm_serve_command
 from rise.engine.config import EngineSettings
+from rise.engine.vllm_engine import IN_CORE_EXECUTOR
 
 
 @pytest.fixture
@@ -75,7 +76,8 @@ def test_engine_env_rebuilds_the_same_settings(
 def test_vllm_serve_gets_the_dtype_and_speculation_our_engine_resolves(
     clean_env: None, tmp_path: Path
 ) -> None:
-    """The comparison server runs in the precision our engine picks on the same CPU."""
+    """The comparison server runs in the precision and process layout our engine picks on the
+    same CPU."""
     settings = EngineSettings(model="m", data_dir=tmp_path, block_size=32)
 
     def option(command: list[str], name: str) -> str | None:
@@ -90,3 +92,7 @@ def test_vllm_serve_gets_the_dtype_and_speculation_our_engine_resolves(
     off = settings.model_copy(update={"speculative_tokens": 0, "dtype": "float32"})
     command = vllm_serve_command(off, 8123, frozenset({"avx512_bf16"}))
     assert "--speculative-config" not in command and option(command, "--dtype") == "float32"
+    backend = "--distributed-executor-backend"
+    assert option(plain_cpu, backend) == IN_CORE_EXECUTOR  # the worker inside the engine core
+    three = settings.model_copy(update={"cpu_worker_in_engine_core": False})
+    assert backend not in vllm_serve_command(three, 8123, frozenset({"avx2"}))
