@@ -66,8 +66,13 @@ class Cluster:
         return next(r for r in self.replicas if r.url.endswith(f"//{address}"))
 
 
+PASSED_SETTINGS = ("RISE_ENFORCE_EAGER",)
+"""The caller's RISE_* settings a replica keeps (every other one is the benchmark's): whether the
+engine compiles, which the test suite turns off for its short-lived engines."""
+
+
 def replica_env(model: str, data_dir: Path, redis_url: str, port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_") or k in PASSED_SETTINGS}
     env.update(
         RISE_MODEL=model,
         RISE_DATA_DIR=str(data_dir),

@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
 from rise.engine.vllm_engine import (  # noqa: E402
+    cpp_compiler,
     cpu_environment,
     cpu_flags,
     engine_layout,
@@ -248,16 +249,20 @@ class Service(Subprocess):
         await super().stop()
 
 
-def vllm_serve_command(settings: EngineSettings, port: int, flags: frozenset[str]) -> list[str]:
-    """``vllm serve`` with what our engine resolves from ``settings`` on a CPU with ``flags``:
-    the dtype (bf16 where the CPU has AVX512-BF16 or AMX), the n-gram speculation and the
-    process layout (the worker inside the engine core), so the comparison is our serving
-    against a client of vLLM's, not one engine configuration against another."""
-    layout = engine_layout(settings, settings.model, gpu=False, flags=flags)
+def vllm_serve_command(
+    settings: EngineSettings, port: int, flags: frozenset[str], compiler: str | None
+) -> list[str]:
+    """``vllm serve`` with what our engine resolves from ``settings`` on a CPU with ``flags``
+    and ``compiler``: the dtype (bf16 where the CPU has AVX512-BF16 or AMX), compiled or
+    eager, the n-gram speculation and the process layout (the worker inside the engine core),
+    so the comparison is our serving against a client of vLLM's, not one engine configuration
+    against another."""
+    layout = engine_layout(settings, settings.model, gpu=False, flags=flags, compiler=compiler)
+    eager = ["--enforce-eager"] if layout.kwargs["enforce_eager"] else []
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", settings.model, "--served-model-name", "bench",
-        "--dtype", layout.kwargs["dtype"], "--enforce-eager",
+        "--dtype", layout.kwargs["dtype"], *eager,
         "--max-model-len", str(settings.max_model_len),
         "--kv-cache-memory-bytes", str(int(settings.kv_cache_gib * (1 << 30))),
         "--block-size", str(settings.block_size),
@@ -291,7 +296,7 @@ class VLLMClient(Subprocess):
         for name, value in cpu_environment(settings).items():
             env.setdefault(name, value)
         env.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
-        command = vllm_serve_command(settings, port, cpu_flags())
+        command = vllm_serve_command(settings, port, cpu_flags(), cpp_compiler())
         self.launch(command, env, f"{self.url}/health")
 
     async def start(self) -> Solve:

@@ -141,6 +141,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--kv-cache-gib", type=float, default=3.0)
     p.add_argument("--max-num-seqs", type=int, default=128)
+    p.add_argument(
+        "--compile", action="store_true",
+        help="compile the engine (torch.compile; faster, another start-up). Off: every run "
+        "of the study so far ran eager, and the models of a comparison run in one mode",
+    )  # fmt: skip
     p.add_argument("--variant-of", default=None, help="reuse this run's collection")
     p.add_argument("--control-of", default=None, help="single-turn control matched to this run")
     p.add_argument("--base-of", default=None, help="reuse this run's base evaluations only")
@@ -178,6 +183,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
     engine: dict[str, Any] = {
         "max_model_len": args.max_model_len, "kv_cache_gib": args.kv_cache_gib,
         "dtype": args.dtype, "max_num_seqs": args.max_num_seqs,
+        "enforce_eager": not args.compile,
     }  # fmt: skip
     if args.data_dir:
         engine["data_dir"] = Path(args.data_dir)
@@ -239,8 +245,9 @@ def matched_control(args: argparse.Namespace, source: Path) -> argparse.Namespac
 
 
 def default_config() -> IterateConfig:
-    """The settings a run gets when nothing is passed (what an older manifest left out)."""
-    return IterateConfig(run_dir="unused")
+    """What an older manifest left out: the settings a run got when nothing was passed. Runs
+    recorded before ``enforce_eager`` was an option ran eager, the CPU engine's default then."""
+    return IterateConfig(run_dir="unused", engine={"enforce_eager": True})
 
 
 def same_settings(old: object, new: object, default: object) -> bool:

@@ -95,6 +95,14 @@ def solve(
     prompts: PromptsOption = None,
     prompts_override: PromptsOverrideOption = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the episode as JSON.")] = False,
+    compile_model: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Compile the model as the service does (faster turns, a start ~15 s longer; "
+            "~100 s the first time). Off: one solve is over before compiling pays off.",
+        ),
+    ] = False,
 ) -> None:
     """Solve one problem over several turns and show every turn, its answer and the vote."""
     if mode not in ANSWER_MODES:
@@ -117,7 +125,7 @@ def solve(
             raise PlanError(f"mode {mode!r} needs --reference", "reference")
     except PlanError as error:
         raise typer.BadParameter(str(error), param_hint=_FLAGS.get(error.field)) from error
-    overrides: dict[str, object] = {"seed": seed}
+    overrides: dict[str, object] = {"seed": seed, "enforce_eager": not compile_model}
     if model:
         overrides["model"] = model
     if data_dir:

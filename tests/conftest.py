@@ -18,6 +18,10 @@ PARROT_REPLY = "The answer is \\boxed{7}."
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite starts many short-lived engines on models built in fresh folders: compiling each
+# (the CPU default where g++ is installed) would add its compile time to every start. Tests run
+# eager; the compiled engine has its own test (tests/rise/test_engine_vllm.py).
+os.environ.setdefault("RISE_ENFORCE_EAGER", "true")
 
 
 @pytest.fixture(scope="session")

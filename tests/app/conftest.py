@@ -54,6 +54,7 @@ def live(
         RISE_SHUTDOWN_GRACE_S="0",
         RISE_REDIS_TIMEOUT_S="5",
         RISE_LOG_LEVEL="warning",
+        RISE_ENFORCE_EAGER=os.environ["RISE_ENFORCE_EAGER"],  # tests/conftest.py
         HF_HUB_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
     )

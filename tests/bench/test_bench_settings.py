@@ -76,23 +76,27 @@ def test_engine_env_rebuilds_the_same_settings(
 def test_vllm_serve_gets_the_dtype_speculation_and_layout_our_engine_resolves(
     clean_env: None, tmp_path: Path
 ) -> None:
-    """The comparison server runs in the precision and process layout our engine picks on the
-    same CPU."""
+    """The comparison server runs in the precision, compile mode and process layout our engine
+    picks on the same CPU."""
     settings = EngineSettings(model="m", data_dir=tmp_path, block_size=32)
 
     def option(command: list[str], name: str) -> str | None:
         return command[command.index(name) + 1] if name in command else None
 
-    plain_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2"}))
-    bf16_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2", "avx512_bf16"}))
+    plain_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2"}), "/usr/bin/g++")
+    bf16_cpu = vllm_serve_command(settings, 8123, frozenset({"avx2", "avx512_bf16"}), None)
+    assert "--enforce-eager" not in plain_cpu  # compiled, as our engine with a C++ compiler
+    assert "--enforce-eager" in bf16_cpu  # eager, as our engine without one
+    eager = settings.model_copy(update={"enforce_eager": True})
+    assert "--enforce-eager" in vllm_serve_command(eager, 8123, frozenset(), "/usr/bin/g++")
     assert option(plain_cpu, "--dtype") == "float32"
     assert option(bf16_cpu, "--dtype") == "bfloat16"
     assert option(plain_cpu, "--port") == "8123"
     assert '"ngram"' in (option(plain_cpu, "--speculative-config") or "")
     off = settings.model_copy(update={"speculative_tokens": 0, "dtype": "float32"})
-    command = vllm_serve_command(off, 8123, frozenset({"avx512_bf16"}))
+    command = vllm_serve_command(off, 8123, frozenset({"avx512_bf16"}), None)
     assert "--speculative-config" not in command and option(command, "--dtype") == "float32"
     backend = "--distributed-executor-backend"
     assert option(plain_cpu, backend) == IN_CORE_EXECUTOR  # the worker inside the engine core
     three = settings.model_copy(update={"cpu_worker_in_engine_core": False})
-    assert backend not in vllm_serve_command(three, 8123, frozenset({"avx2"}))
+    assert backend not in vllm_serve_command(three, 8123, frozenset({"avx2"}), None)

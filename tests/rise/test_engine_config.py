@@ -15,8 +15,10 @@ from rise.engine.vllm_engine import (
     CPU_SPECULATIVE_TOKENS,
     IN_CORE_EXECUTOR,
     configure_cpu_environment,
+    cpp_compiler,
     cpu_environment,
     cpu_flags,
+    eager_choice,
     engine_layout,
     engine_preload,
     intel_openmp,
@@ -36,6 +38,36 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
     assert layout.kwargs["block_size"] == 32
     assert "gpu_memory_utilization" not in layout.kwargs
     assert layout.per_request_seed is False
+
+
+def test_engine_layout_compiles_where_it_can_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unset, the CPU engine compiles when a C++ compiler was found and runs eager without one;
+    GPUs compile; RISE_ENFORCE_EAGER wins either way. Each choice carries its reason."""
+    monkeypatch.delenv("RISE_ENFORCE_EAGER", raising=False)  # tests/conftest.py pins it
+    default = EngineSettings(model="m", data_dir=tmp_path)
+    compiled = engine_layout(default, tmp_path, gpu=False, compiler="/usr/bin/g++")
+    assert compiled.kwargs["enforce_eager"] is False
+    assert compiled.eager_reason == "CPU with a C++ compiler (/usr/bin/g++)"
+    without = engine_layout(default, tmp_path, gpu=False, compiler=None)
+    assert without.kwargs["enforce_eager"] is True
+    assert "without a C++ compiler" in without.eager_reason
+    assert engine_layout(default, tmp_path, gpu=True).kwargs["enforce_eager"] is False
+    monkeypatch.setenv("RISE_ENFORCE_EAGER", "true")
+    told = engine_layout(EngineSettings(model="m"), tmp_path, gpu=False, compiler="/usr/bin/g++")
+    assert (told.kwargs["enforce_eager"], told.eager_reason) == (True, "set")
+    assert eager_choice(False, gpu=False, compiler=None) == (False, "set")
+
+
+def test_cpp_compiler_follows_cxx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compiler = tmp_path / "my-c++"
+    compiler.write_text("#!/bin/sh\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    assert cpp_compiler() == str(compiler)
+    monkeypatch.setenv("CXX", str(tmp_path / "absent"))
+    assert cpp_compiler() is None
 
 
 def test_engine_layout_cpu_worker_runs_in_the_engine_core(tmp_path: Path) -> None:
@@ -108,7 +140,10 @@ def test_cpu_flags_reads_this_machines_cpuinfo() -> None:
         assert flags == frozenset()
 
 
-def test_engine_layout_gpu_uses_bf16_graphs_and_memory_share(tmp_path: Path) -> None:
+def test_engine_layout_gpu_uses_bf16_graphs_and_memory_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RISE_ENFORCE_EAGER", raising=False)  # tests/conftest.py pins it
     settings = EngineSettings(tensor_parallel_size=2, gpu_memory_utilization=0.8)
     layout = engine_layout(settings, tmp_path, gpu=True)
     assert layout.kwargs["dtype"] == "bfloat16"
@@ -145,11 +180,14 @@ def test_configure_cpu_environment_respects_existing_values(monkeypatch) -> None
     assert os.environ["KMP_BLOCKTIME"] == "1"
 
 
-def test_cpu_environment_threads_and_blocktime(monkeypatch) -> None:
+def test_cpu_environment_threads_blocktime_and_compile_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
-    assert cpu_environment(EngineSettings()) == {
+    assert cpu_environment(EngineSettings(data_dir=tmp_path)) == {
         "OMP_NUM_THREADS": "6",
         "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        # vLLM's AOT cache cannot load a CPU graph back; Inductor's cache, in the data dir, can
+        "VLLM_USE_AOT_COMPILE": "0",
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torchinductor"),
     }
     env = cpu_environment(EngineSettings(cpu_threads=2, cpu_omp_blocktime_ms=0))
     assert env["OMP_NUM_THREADS"] == "2" and env["KMP_BLOCKTIME"] == "0"

@@ -165,3 +165,53 @@ async def test_vllm_cancellation_aborts_engine_request(tiny_engine) -> None:
     assert tiny_engine.queue_depth == 0
     await asyncio.sleep(0.2)
     assert tiny_engine.llm.get_num_unfinished_requests() == 0
+
+
+def _solve_with_cli(model_dir: Path, data_dir: Path, *flags: str) -> dict:
+    """``python -m rise solve`` on ``model_dir`` (a process of its own: the compile settings are
+    environment variables the engine's processes read at start)."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RISE_DATA_DIR": str(data_dir), "RISE_DTYPE": "float32"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # an earlier in-process engine's, not this one's
+    done = subprocess.run(
+        [sys.executable, "-m", "rise", "solve", QUESTIONS[0], "--model", str(model_dir),
+         "--turns", "2", "--max-tokens", "24", "--temperature", "0", "--json", *flags],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def _files(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` with its modification time: a rewrite changes one."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_mtime_ns
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
+def test_compiled_engine_answers_and_keeps_its_kernels_in_the_data_dir(
+    parrot_model_dir: Path, parrot_reply: str, tmp_path: Path
+) -> None:
+    """Where g++ is installed, ``--compile`` runs the CPU engine compiled (the default outside
+    the CLI): its answers are the eager engine's, its kernels land in the data dir, and the next
+    start loads them instead of compiling again (vLLM's AOT cache, which cannot load a CPU
+    graph back, is off)."""
+    from rise.engine.vllm_engine import cpp_compiler
+
+    assert cpp_compiler(), "no C++ compiler: scripts/setup.sh installs g++ for the CPU engine"
+    eager = _solve_with_cli(parrot_model_dir, tmp_path / "eager")
+    assert not (tmp_path / "eager" / "torchinductor").exists()  # eager compiles nothing
+    first = _solve_with_cli(parrot_model_dir, tmp_path / "compiled", "--compile")
+    kernels = _files(tmp_path / "compiled" / "torchinductor")
+    assert any(name.endswith(".so") for name in kernels), sorted(kernels)[:20]
+    second = _solve_with_cli(parrot_model_dir, tmp_path / "compiled", "--compile")
+    assert _files(tmp_path / "compiled" / "torchinductor") == kernels  # loaded, not rebuilt
+    assert not (tmp_path / "compiled" / "vllm" / "torch_compile_cache").exists()
+    for episode in (first, second):
+        texts = [turn["text"] for turn in episode["turns"]]
+        assert texts == [turn["text"] for turn in eager["turns"]] == [parrot_reply] * 2
