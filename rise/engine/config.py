@@ -48,9 +48,10 @@ class EngineSettings(BaseSettings):
     enforce_eager: bool | None = Field(
         None,
         description="Skip torch.compile (and CUDA graphs). Default: compile on GPU, and on CPU "
-        "where a C++ compiler (g++) is installed; the CPU kernels are cached in data_dir, so "
-        "the first start of a model compiles (~100 s for SmolLM2-135M on 2 cores) and later "
-        "ones take ~15 s longer than eager. true suits short-lived engines.",
+        "where a C++ compiler (g++) and the Python headers are installed; the kernels are "
+        "cached in data_dir, so the first start of a model compiles (~100 s for SmolLM2-135M "
+        "on 2 cores) and later ones take ~15 s longer than eager. true suits short-lived "
+        "engines.",
     )
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU only: engine threads; default: every core."

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import sysconfig
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,10 @@ def cpu_compile_cache_environment(settings: EngineSettings) -> dict[str, str]:
 
 def cpp_compiler() -> str | None:
     """The C++ compiler Inductor would build CPU kernels with (``$CXX``, else ``g++``), or None
-    where it is not installed (a slim container image): the CPU engine then runs eager."""
+    where it, or the Python headers every kernel's bindings include (``Python.h``), is missing
+    (a slim container image): the CPU engine then runs eager rather than fail to start."""
+    if not (Path(sysconfig.get_path("include")) / "Python.h").is_file():
+        return None
     return shutil.which(os.environ.get("CXX", "g++"))
 
 
@@ -224,7 +228,7 @@ def eager_choice(enforce_eager: bool | None, gpu: bool, compiler: str | None) ->
         return False, "GPU"
     if compiler:
         return False, f"CPU with a C++ compiler ({compiler})"
-    return True, "CPU without a C++ compiler (torch.compile's CPU kernels need one)"
+    return True, "CPU without a C++ compiler and Python headers (torch.compile's kernels need both)"
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def test_engine_layout_compiles_where_it_can_unless_told(
     assert compiled.eager_reason == "CPU with a C++ compiler (/usr/bin/g++)"
     without = engine_layout(default, tmp_path, gpu=False, compiler=None)
     assert without.kwargs["enforce_eager"] is True
-    assert "without a C++ compiler" in without.eager_reason
+    assert "without a C++ compiler and Python headers" in without.eager_reason
     assert engine_layout(default, tmp_path, gpu=True).kwargs["enforce_eager"] is False
     monkeypatch.setenv("RISE_ENFORCE_EAGER", "true")
     told = engine_layout(EngineSettings(model="m"), tmp_path, gpu=False, compiler="/usr/bin/g++")
@@ -60,13 +60,20 @@ def test_engine_layout_compiles_where_it_can_unless_told(
     assert eager_choice(False, gpu=False, compiler=None) == (False, "set")
 
 
-def test_cpp_compiler_follows_cxx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpp_compiler_follows_cxx_and_needs_python_headers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     compiler = tmp_path / "my-c++"
     compiler.write_text("#!/bin/sh\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CXX", str(compiler))
     assert cpp_compiler() == str(compiler)
     monkeypatch.setenv("CXX", str(tmp_path / "absent"))
+    assert cpp_compiler() is None
+    monkeypatch.setenv("CXX", str(compiler))
+    include = tmp_path / "include"  # a Python without its headers: the kernels cannot build
+    include.mkdir()
+    monkeypatch.setattr("sysconfig.get_path", lambda name, *args, **kwargs: str(include))
     assert cpp_compiler() is None
 
 
