@@ -50,7 +50,7 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # Debian packages: redis-server (sessions, tests) and, for the CPU engine, g++: torch.compile
-# builds the engine's CPU kernels with it (without one the engine runs eager, ~1.5x slower).
+# builds the engine's CPU kernels with it (without one the engine runs eager, 1.4-1.5x slower).
 packages=()
 command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
 if [ "$RISE_DEVICE" = cpu ] && ! command -v "${CXX:-g++}" >/dev/null 2>&1; then

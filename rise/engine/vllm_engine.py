@@ -219,9 +219,9 @@ def auto_dtype(gpu: bool, flags: frozenset[str]) -> tuple[str, str]:
 def eager_choice(enforce_eager: bool | None, gpu: bool, compiler: str | None) -> tuple[bool, str]:
     """Whether the engine runs eager, and why. Unset, it compiles wherever it can: on GPU
     (vLLM's default), and on CPU where a C++ compiler is installed, which Inductor's CPU kernels
-    need. Compiled, SmolLM2-135M decoded one stream 1.5x faster in bf16 on a 2-core AMD EPYC
-    (57 vs 38 tok/s; 1.4x at 8 streams, 1.17x at 32), for a start ~15 s longer, ~100 s the first
-    time (docs/VLLM_CPU.md, "Compiled")."""
+    need. Compiled, SmolLM2-135M decoded one stream 1.36-1.50x faster in bf16 on a 2-core AMD
+    EPYC (57-58 vs 38-43 tok/s; 1.24-1.41x at 8 streams, 1.12-1.17x at 32), for a start ~15 s
+    longer, ~100 s the first time (docs/VLLM_CPU.md, "Compiled")."""
     if enforce_eager is not None:
         return enforce_eager, "set"
     if gpu:
