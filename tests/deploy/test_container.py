@@ -34,6 +34,7 @@ import yaml
 from bench.processes import free_port
 from rise.engine.config import DEFAULT_MODEL
 from rise.engine.models import cache_dir_for
+from tests.file_times import file_times
 
 from .podman import (
     APP_BUILD_STAGE_IMAGE,
@@ -87,15 +88,6 @@ def _wait_ready(url: str, timeout_s: float, logs: Callable[[], str]) -> None:
     raise AssertionError(f"{url} not ready in {timeout_s} s:\n{logs()[-6000:]}")
 
 
-def _mtimes(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` with its modification time: a rewrite changes one."""
-    return {
-        str(path.relative_to(folder)): path.stat().st_mtime_ns
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
 def _solve_and_chat(url: str) -> dict:
     solve = httpx.post(
         f"{url}/solve",
@@ -146,7 +138,7 @@ def test_cpu_image_serves_and_reuses_its_prepared_model_after_restart(
         assert (model_dir / PREPARED_MARKER).is_file(), (
             f"no model prepared in the volume: {model_dir}"
         )
-        prepared = _mtimes(model_dir)
+        prepared = file_times(model_dir)
         assert any(path.endswith(".safetensors") for path in prepared), prepared
         owner = podman("exec", name, "stat", "-c", "%u", "/data/models").stdout.strip()
         assert owner == "10001", "the volume's model folder should belong to the image's user"
@@ -154,7 +146,7 @@ def test_cpu_image_serves_and_reuses_its_prepared_model_after_restart(
         podman("stop", "-t", "30", name, timeout=120)
         podman("start", name)
         _wait_ready(url, READY_TIMEOUT_S, lambda: podman.logs(name))
-        assert _mtimes(model_dir) == prepared, "the restart prepared the model again"
+        assert file_times(model_dir) == prepared, "the restart prepared the model again"
         _solve_and_chat(url)
     finally:
         podman("rm", "-f", "-t", "5", name, check=False, timeout=120)
@@ -242,7 +234,7 @@ def test_compose_app_and_redis_come_up_and_keep_sessions_across_down(
     assert SESSION_KEY_PREFIX + session_id in _redis_keys(podman, project)
 
     model_dir = cache_dir_for(DEFAULT_MODEL, podman.volume_mountpoint(f"{project}_model-cache"))
-    prepared = _mtimes(model_dir)
+    prepared = file_times(model_dir)
     assert PREPARED_MARKER in prepared, prepared
 
     compose("down", "-t", "10")
@@ -258,7 +250,7 @@ def test_compose_app_and_redis_come_up_and_keep_sessions_across_down(
     assert stored.status_code == 200, stored.text
     assert [t["text"] for t in stored.json()["turns"]] == [t["text"] for t in body["turns"]]
     model_dir = cache_dir_for(DEFAULT_MODEL, podman.volume_mountpoint(f"{project}_model-cache"))
-    assert _mtimes(model_dir) == prepared, "the second up prepared the model again"
+    assert file_times(model_dir) == prepared, "the second up prepared the model again"
 
 
 def test_a_rebuilt_tag_leaves_no_superseded_image_behind(podman: Podman, tmp_path: Path) -> None:

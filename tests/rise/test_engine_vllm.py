@@ -15,6 +15,7 @@ from rise.engine.vllm_engine import intel_openmp
 from rise.episode import Outcome, StopReason
 from rise.loop import LoopConfig, TokenEvent, TurnLoop, new_episode
 from rise.prompts import ChatRenderer
+from tests.file_times import file_times
 
 pytestmark = pytest.mark.slow
 
@@ -185,15 +186,6 @@ def _solve_with_cli(model_dir: Path, data_dir: Path, *flags: str) -> dict:
     return json.loads(done.stdout)
 
 
-def _files(folder: Path) -> dict[str, int]:
-    """Every file under ``folder`` with its modification time: a rewrite changes one."""
-    return {
-        str(path.relative_to(folder)): path.stat().st_mtime_ns
-        for path in folder.rglob("*")
-        if path.is_file()
-    }
-
-
 def test_compiled_engine_answers_and_keeps_its_kernels_in_the_data_dir(
     parrot_model_dir: Path, parrot_reply: str, tmp_path: Path
 ) -> None:
@@ -205,12 +197,12 @@ def test_compiled_engine_answers_and_keeps_its_kernels_in_the_data_dir(
 
     assert cpp_compiler(), "no C++ compiler: scripts/setup.sh installs g++ for the CPU engine"
     eager = _solve_with_cli(parrot_model_dir, tmp_path / "eager")
-    assert not _files(tmp_path / "eager" / "torchinductor")  # eager compiles nothing
+    assert not file_times(tmp_path / "eager" / "torchinductor")  # eager compiles nothing
     first = _solve_with_cli(parrot_model_dir, tmp_path / "compiled", "--compile")
-    kernels = _files(tmp_path / "compiled" / "torchinductor")
+    kernels = file_times(tmp_path / "compiled" / "torchinductor")
     assert any(name.endswith(".so") for name in kernels), sorted(kernels)[:20]
     second = _solve_with_cli(parrot_model_dir, tmp_path / "compiled", "--compile")
-    assert _files(tmp_path / "compiled" / "torchinductor") == kernels  # loaded, not rebuilt
+    assert file_times(tmp_path / "compiled" / "torchinductor") == kernels  # loaded, not rebuilt
     assert not (tmp_path / "compiled" / "vllm" / "torch_compile_cache").exists()
     for episode in (first, second):
         texts = [turn["text"] for turn in episode["turns"]]
