@@ -116,6 +116,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mask-negative-stop", action="store_true",
         help="negative examples leave their final stop token out of the loss",
     )  # fmt: skip
+    p.add_argument(
+        "--copy-penalty", type=float, default=0.0,
+        help="a correction repeating an earlier wrong attempt counts as reward r - c "
+        "(--weighting advantage)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-corrections", type=int, default=None,
+        help="at most N correction examples, drawn uniformly (seeded): a fixed budget",
+    )  # fmt: skip
     p.add_argument("--pairs", default="none", choices=["none", "fix", "fix+keep"])
     p.add_argument("--no-dedup-trajectory", dest="dedup_trajectory", action="store_false")
     p.add_argument("--lr", type=float, default=3e-5, help="peak learning rate")
@@ -210,6 +219,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
             criteria=args.criteria, weighting=args.weighting, target=args.target,
             first_turn=args.first_turn, progress_bonus=args.progress_bonus, pairs=args.pairs,
             negative_scale=args.negative_scale, mask_negative_stop=args.mask_negative_stop,
+            copy_penalty=args.copy_penalty, max_corrections=args.max_corrections,
             dedup_trajectory=args.dedup_trajectory, max_length=args.max_length, seed=args.seed,
         ),
         train=train_args,

@@ -44,6 +44,21 @@ drops repeated (prompt, target) pairs across the whole input.
   stop after its answer line — the very token a right answer ends with — so the model learns
   to write on past the answer; masked, the stop is taught by the positive examples only and
   the wrong content is still pushed down.
+  ``copy_penalty`` = c shapes the reward inside the advantages: a correction that repeats an
+  earlier wrong attempt of its trajectory (its tokens, or its final answer — the
+  de-duplication rule above) counts as r − c. It is the signed twin of the extended
+  de-duplication: where RWR drops such a repeat, the advantage pushes it below the state's
+  other wrong answers. Without it, a state whose corrections are all wrong has no contrast
+  (every advantage 0, the state unused) and a state with a right correction pushes *every*
+  wrong one down alike, the changed answers with the copies — which E4 at full size read as
+  "do not change" (docs/EXPERIMENTS.md). With it, changing a wrong answer is preferred to
+  repeating it even when nothing right was found, and the state's weights still sum to zero.
+
+``max_corrections`` keeps at most N correction examples (turn ≥ 2), drawn uniformly (seeded)
+from those built; first answers are all kept. It fixes the training budget when an option makes
+more states informative, so a comparison changes what the corrections say, not how many steps
+train on them or how much the first answers weigh (a uniform draw leaves the expected gradient
+of the leave-one-out weights as it is; only its variance grows).
 
 then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
 answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
@@ -132,6 +147,19 @@ class BuildConfig:
             "help": "Leave a negative example's final end-of-sequence token out of its loss."
         },
     )
+    copy_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Advantage weighting: a correction repeating an earlier wrong attempt "
+            "(tokens or answer) counts as reward r - c (0: off)."
+        },
+    )
+    max_corrections: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep at most N correction examples (turn >= 2), drawn uniformly (seeded)."
+        },
+    )
     pairs: Literal["none", "fix", "fix+keep"] = field(
         default="none", metadata={"help": "Preference pairs: none | fix | fix+keep."}
     )
@@ -176,6 +204,12 @@ class BuildConfig:
             raise ValueError("negative_scale applies to weighting 'advantage' only")
         if self.mask_negative_stop and self.weighting != "advantage":
             raise ValueError("mask_negative_stop applies to weighting 'advantage' only")
+        if self.copy_penalty < 0:
+            raise ValueError(f"copy_penalty must be >= 0, got {self.copy_penalty}")
+        if self.copy_penalty and self.weighting != "advantage":
+            raise ValueError("copy_penalty applies to weighting 'advantage' only")
+        if self.max_corrections is not None and self.max_corrections < 0:
+            raise ValueError(f"max_corrections must be >= 0, got {self.max_corrections}")
         if self.weighting == "advantage" and self.criteria != "all":
             raise ValueError("weighting 'advantage' needs criteria 'all' (the baseline needs them)")
 
@@ -200,7 +234,11 @@ class BuildStats:
     empty_target: int = 0
     too_long: int = 0
     truncated: int = 0
+    # The counters above and stops_masked describe everything built, before max_corrections'
+    # draw; examples, composition, weight_total and target_edit_ratio what is written.
     stops_masked: int = 0  # negative examples whose final stop token is left out of the loss
+    copies_penalised: int = 0  # candidates whose reward copy_penalty lowered
+    over_budget: int = 0  # correction examples left out by max_corrections
     examples: int = 0
     pairs: int = 0
     by_outcome: dict[str, int] = field(default_factory=dict)
@@ -208,6 +246,7 @@ class BuildStats:
     composition: dict[str, dict[str, float]] = field(default_factory=dict)
     pairs_by_type: dict[str, int] = field(default_factory=dict)
     target_edit_ratio: dict[str, float] = field(default_factory=dict)  # vs previous attempt
+    weight_total: dict[str, float] = field(default_factory=dict)  # positive and negative sums
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -312,10 +351,17 @@ class _Action:
     is_target: bool  # the turn's target (chosen or dissimilar), not just another candidate
     turn_candidates: list[Candidate]
     turn_candidate_ids: list[list[int]]
+    index: int  # of ``candidate`` in ``turn_candidates``
+    turn_rewards: list[float]  # the candidates' rewards as the weights see them (copy_penalty)
 
     @property
     def previous_reward(self) -> float | None:
         return self.earlier_rewards[-1] if self.earlier_rewards else None
+
+    @property
+    def reward(self) -> float:
+        """The candidate's reward as the weights see it (its own, less any copy penalty)."""
+        return self.turn_rewards[self.index]
 
 
 def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> Iterator[_Action]:
@@ -326,6 +372,7 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
     rewards: list[float] = []
     chosen_ids: list[list[int]] = []
     wrong_answers: list[str | None] = []
+    wrong_ids: list[list[int]] = []
     for t, turn in enumerate(record.turns):
         prompt_ids = turn.prompt_ids
         if prompt_ids is None:
@@ -337,6 +384,13 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
             target = target if dissimilar is None else dissimilar
         every = config.include_candidates or config.signed
         picked = range(len(turn.candidates)) if every else [target]
+        turn_rewards = [
+            cand.reward - config.copy_penalty
+            if config.copy_penalty
+            and _repeats_wrong(cand, ids[i], wrong_ids, wrong_answers, record.grader)
+            else cand.reward
+            for i, cand in enumerate(turn.candidates)
+        ]
         for c in picked:
             yield _Action(
                 problem_id=pid,
@@ -351,6 +405,8 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
                 is_target=c == target,
                 turn_candidates=turn.candidates,
                 turn_candidate_ids=ids,
+                index=c,
+                turn_rewards=turn_rewards,
             )
         action = turn.action
         output_ids, eos = _target_ids(action, lazy, pid)
@@ -364,6 +420,26 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
         chosen_ids.append(output_ids)
         if not action.correct:
             wrong_answers.append(action.answer)
+            wrong_ids.append(output_ids)
+
+
+def _repeats_wrong(
+    candidate: Candidate,
+    ids: Sequence[int],
+    wrong_ids: Sequence[Sequence[int]],
+    wrong_answers: Sequence[str | None],
+    grader: str,
+) -> bool:
+    """Whether a wrong candidate repeats an earlier wrong attempt: its tokens, or its answer."""
+    if candidate.correct:
+        return False
+    if any(list(ids) == list(w) for w in wrong_ids):
+        return True
+    answer = candidate.answer
+    if answer is None:
+        return False
+    equivalent = get_grader(grader).equivalent
+    return any(w is not None and equivalent(answer, w) for w in wrong_answers)
 
 
 def _repeats(action: _Action) -> str | None:
@@ -431,51 +507,69 @@ def build_examples(
                     attempts[record.problem_id].append(rwr_weight(cand.reward, config.tau))
         baseline = {pid: sum(ws) / len(ws) for pid, ws in attempts.items()}
 
+    actions = [a for record in records for a in _actions(record, config, lazy)]
     turn_means: dict[int, float] = {}  # advantage's baseline for one-candidate states
-    if config.signed:
+    if config.signed:  # every candidate is an action: the means are over all of them
         by_turn: dict[int, list[float]] = defaultdict(list)
-        for record in records:
-            for turn in record.turns:
-                by_turn[turn.index].extend(c.reward for c in turn.candidates)
+        for action in actions:
+            by_turn[action.turn].append(action.reward)
         turn_means = {t: sum(rs) / len(rs) for t, rs in by_turn.items()}
+        stats.copies_penalised = sum(a.reward != a.candidate.reward for a in actions)
 
     rows: list[TrainingRow] = []
     examples: list[Example] = []
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
-    ratios: list[float] = []
-    for record in records:
-        for action in _actions(record, config, lazy):
-            for pair in _pairs(action, config):
-                fitted_pair = _fit_pair(pair, config.max_length)
-                if fitted_pair is not None:
-                    rows.append(fitted_pair)
-                    stats.pairs_by_type[pair.pair_type] = (
-                        stats.pairs_by_type.get(pair.pair_type, 0) + 1
-                    )
-            base = (
-                _state_baseline(action, turn_means)
-                if config.signed
-                else baseline.get(action.problem_id, 0.0)
-            )
-            example = _example(action, config, base, seen, stats)
-            if example is not None:
-                examples.append(example)
-                if action.earlier_ids:
-                    ratios.append(edit_ratio(action.target_ids, action.earlier_ids[-1]))
+    ratios: list[tuple[Example, float]] = []
+    for action in actions:
+        for pair in _pairs(action, config):
+            fitted_pair = _fit_pair(pair, config.max_length)
+            if fitted_pair is not None:
+                rows.append(fitted_pair)
+                stats.pairs_by_type[pair.pair_type] = stats.pairs_by_type.get(pair.pair_type, 0) + 1
+        base = (
+            _state_baseline(action, turn_means)
+            if config.signed
+            else baseline.get(action.problem_id, 0.0)
+        )
+        example = _example(action, config, base, seen, stats)
+        if example is not None:
+            examples.append(example)
+            if action.earlier_ids:
+                ratios.append((example, edit_ratio(action.target_ids, action.earlier_ids[-1])))
+    if config.max_corrections is not None:
+        examples, stats.over_budget = _draw_corrections(
+            examples, config.max_corrections, config.seed
+        )
+    kept = {id(ex) for ex in examples}
+    n_pairs = len(rows)
     rows.extend(examples)
     if config.shuffle:
         random.Random(config.seed).shuffle(rows)
     stats.examples = len(examples)
-    stats.pairs = len(rows) - len(examples)
+    stats.pairs = n_pairs
     stats.composition = composition(examples)
-    stats.target_edit_ratio = _summary(ratios)
+    stats.target_edit_ratio = _summary([r for ex, r in ratios if id(ex) in kept])
+    stats.weight_total = {
+        "positive": sum(ex.weight for ex in examples if ex.weight > 0),
+        "negative": sum(ex.weight for ex in examples if ex.weight < 0),
+    }
     return rows, stats
+
+
+def _draw_corrections(examples: list[Example], budget: int, seed: int) -> tuple[list[Example], int]:
+    """At most ``budget`` correction examples drawn uniformly, first answers all kept, input
+    order kept; returns the examples and how many corrections were left out."""
+    corrections = [i for i, ex in enumerate(examples) if (ex.transition or "first") != "first"]
+    if len(corrections) <= budget:
+        return examples, 0
+    dropped = set(corrections) - set(random.Random(seed).sample(corrections, budget))
+    return [ex for i, ex in enumerate(examples) if i not in dropped], len(dropped)
 
 
 def _state_baseline(action: _Action, turn_means: dict[int, float]) -> float:
     """Advantage's baseline: the other candidates' mean reward in the action's state, or the
     turn's mean over the input when the state has one candidate."""
-    others = [c.reward for c in action.turn_candidates if c is not action.candidate]
+    others = [r for i, r in enumerate(action.turn_rewards) if i != action.index]
     if others:
         return sum(others) / len(others)
     return turn_means.get(action.turn, 0.0)
@@ -497,7 +591,7 @@ def _example(
     if action.previous_reward is None and config.first_turn == "exclude":
         stats.first_turn_excluded += 1
         return None
-    weight = example_weight(config, reward, action.previous_reward, baseline)
+    weight = example_weight(config, action.reward, action.previous_reward, baseline)
     if (
         config.dedup_trajectory
         and (weight > 0.0 or not config.signed)  # a negative repeat is the one to push down
@@ -583,6 +677,17 @@ def format_composition(stats: BuildStats | dict[str, Any]) -> str:
         )
     pairs = data.get("pairs_by_type") or {}
     lines.append(f"  preference pairs: {data.get('pairs', 0)} {dict(pairs) if pairs else ''}")
+    totals = data.get("weight_total") or {}
+    if totals:
+        lines.append(
+            f"  weights: {totals['positive']:+.1f} positive, {totals['negative']:+.1f} negative"
+        )
+    if data.get("copies_penalised"):
+        lines.append(
+            f"  candidates repeating a wrong attempt (copy_penalty): {data['copies_penalised']}"
+        )
+    if data.get("over_budget"):
+        lines.append(f"  corrections left out by max_corrections: {data['over_budget']}")
     ratio = data.get("target_edit_ratio") or {}
     if ratio.get("n"):
         lines.append(

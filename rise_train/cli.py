@@ -73,8 +73,8 @@ TEACHER = Options(
 BUILD = Options(
     BuildConfig,
     ("criteria", "weighting", "tau", "target", "first_turn", "progress_bonus",
-     "negative_scale", "mask_negative_stop", "pairs", "pair_weight", "include_candidates",
-     "dedup_trajectory"),
+     "negative_scale", "mask_negative_stop", "copy_penalty", "max_corrections", "pairs",
+     "pair_weight", "include_candidates", "dedup_trajectory"),
 )  # fmt: skip
 BUILD_FILES = Options(BuildConfig, ("dedup", "shuffle", "max_length", "tokenizer"))
 TRAIN = Options(

@@ -481,3 +481,77 @@ def test_advantage_drops_a_positive_repeat_and_needs_criteria_all() -> None:
     assert stats.repeats_earlier_action == 1 and stats.zero_weight == 1
     with pytest.raises(ValueError, match="criteria 'all'"):
         BuildConfig(weighting="advantage", criteria="success")
+
+
+def test_copy_penalty_ranks_a_repeated_wrong_answer_below_a_changed_one() -> None:
+    """A wrong correction repeating the wrong attempt (its tokens or its answer) counts as
+    r − c inside the advantages: a changed wrong answer then beats the copies, the state still
+    sums to zero, a state of wrong corrections only gains contrast, and the rows keep their
+    true rewards."""
+    attempt = (0.0, [1, 2, 3], "5")
+    p = _traj(
+        "p",
+        _turn(0, [attempt]),
+        _turn(
+            1,
+            [(1.0, [7, 8], "6"), (0.0, [1, 2, 3], "5"), (0.0, [4, 4], "5.0"), (0.0, [9], "7")],
+        ),
+    )
+    r = _traj("r", _turn(0, [attempt]), _turn(1, [(0.0, [1, 2, 3], "5"), (0.0, [4, 5], "8")]))
+    q = _traj("q", _turn(0, [(1.0, [3, 3], "6")]))
+    plain = BuildConfig(shuffle=False, weighting="advantage")
+    rows, stats = build_examples([p, r, q], plain)
+    assert [(r.problem_id, r.turn, r.weight) for r in rows if r.turn == 1] == [
+        ("p", 1, 1.0), ("p", 1, pytest.approx(-1 / 3)), ("p", 1, pytest.approx(-1 / 3)),
+        ("p", 1, pytest.approx(-1 / 3)),
+    ]  # fmt: skip
+    assert stats.copies_penalised == 0 and stats.zero_weight == 2  # r's state: no contrast
+
+    shaped = BuildConfig(shuffle=False, weighting="advantage", copy_penalty=1.0)
+    rows, stats = build_examples([p, r, q], shaped)
+    got = [(r.problem_id, r.turn, r.input_ids[-1], r.weight, r.reward) for r in rows]
+    assert got == [
+        ("p", 0, 3, pytest.approx(-1 / 3), 0.0),  # turn 1: 0 − the turn's mean (0 + 0 + 1) / 3
+        ("p", 1, 8, pytest.approx(5 / 3), 1.0),  # 1 − mean(−1, −1, 0)
+        ("p", 1, 3, -1.0, 0.0),  # the verbatim copy: (0 − 1) − mean(1, −1, 0)
+        ("p", 1, 4, -1.0, 0.0),  # the same answer in other words
+        ("p", 1, 9, pytest.approx(1 / 3), 0.0),  # changed, still wrong: now above its state
+        ("r", 0, 3, pytest.approx(-1 / 3), 0.0),
+        ("r", 1, 3, -1.0, 0.0),  # all wrong: the copy goes down ...
+        ("r", 1, 5, 1.0, 0.0),  # ... and the change up
+        ("q", 0, 3, pytest.approx(2 / 3), 1.0),
+    ]
+    assert sum(w for pid, t, _, w, _ in got if pid == "p" and t == 1) == pytest.approx(0.0)
+    assert stats.copies_penalised == 3 and stats.zero_weight == 0
+    assert stats.weight_total["positive"] == pytest.approx(5 / 3 + 1 / 3 + 1.0 + 2 / 3)
+    assert stats.weight_total["negative"] == pytest.approx(-1 / 3 - 2.0 - 1 / 3 - 1.0)
+    with pytest.raises(ValueError, match="copy_penalty must be >= 0"):
+        BuildConfig(weighting="advantage", copy_penalty=-1.0)
+    with pytest.raises(ValueError, match="advantage' only"):
+        BuildConfig(copy_penalty=1.0)
+
+
+def test_max_corrections_draws_corrections_uniformly_and_keeps_every_first_answer() -> None:
+    full, _ = build_examples(TRAJECTORIES, BuildConfig(shuffle=False, dedup=False))
+    assert sum(r.turn > 0 for r in full) == 4 and sum(r.turn == 0 for r in full) == 4
+    config = BuildConfig(shuffle=False, dedup=False, max_corrections=2)
+    rows, stats = build_examples(TRAJECTORIES, config)
+    assert sum(r.turn == 0 for r in rows) == 4 and sum(r.turn > 0 for r in rows) == 2
+    assert stats.over_budget == 2 and stats.examples == 6
+    before = [(r.problem_id, r.turn, r.weight) for r in full]
+    after = [(r.problem_id, r.turn, r.weight) for r in rows]
+    assert [x for x in before if x in after] == after  # a subset, in the input order
+    corrections = sum(stats.composition[k]["count"] for k in stats.composition if k != "first")
+    assert corrections == 2 and stats.composition["first"]["count"] == 4
+    assert stats.weight_total["positive"] == pytest.approx(sum(r.weight for r in rows))
+    again, _ = build_examples(TRAJECTORIES, config)
+    assert [(r.problem_id, r.turn) for r in again] == [(r.problem_id, r.turn) for r in rows]
+    other, _ = build_examples(TRAJECTORIES, BuildConfig(shuffle=False, dedup=False, seed=3,
+                                                        max_corrections=2))  # fmt: skip
+    assert sum(r.turn > 0 for r in other) == 2
+    roomy = BuildConfig(shuffle=False, dedup=False, max_corrections=4)
+    assert build_examples(TRAJECTORIES, roomy)[1].over_budget == 0
+    none, stats = build_examples(TRAJECTORIES, BuildConfig(dedup=False, max_corrections=0))
+    assert {r.turn for r in none} == {0} and stats.over_budget == 4
+    with pytest.raises(ValueError, match="max_corrections"):
+        BuildConfig(max_corrections=-1)
