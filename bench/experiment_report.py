@@ -25,7 +25,8 @@ def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dic
     """{eval set: {model label: report}} for every report the manifest lists.
 
     Metrics are recomputed from the stored episodes with the current code, so a report written
-    before a diagnostic existed (copy selectivity, pooled flips, bootstrap intervals) has it.
+    before a diagnostic existed (copy selectivity, pooled flips, bootstrap intervals, anchoring)
+    has it.
     """
     sets = {"eval": manifest.get("evaluations", {}), **manifest.get("extra_evaluations", {})}
     out: dict[str, dict[str, dict[str, Any]]] = {}
@@ -40,7 +41,10 @@ def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dic
 
 def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
     episodes_file = folder / "episodes.jsonl"
-    if "copy_selectivity" in report or not episodes_file.exists():
+    current = "copy_selectivity" in report and (
+        "anchoring" in report or report.get("n_parallel", 1) < 2
+    )
+    if current or not episodes_file.exists():
         return report
     episodes, parallel = [], []
     for line in episodes_file.read_text().splitlines():
@@ -71,6 +75,14 @@ def _selectivity(report: dict[str, Any]) -> str:
     return f"{100 * wrong.get('value', 0):.0f}% / {100 * right.get('value', 0):.0f}%"
 
 
+def _anchoring(report: dict[str, Any]) -> str:
+    """After a wrong turn 1: turn 2 keeps its answer / the independent samples give it."""
+    row = (report.get("anchoring") or {}).get("given_wrong")
+    if not row:
+        return "-"
+    return f"{100 * row['turn2']['value']:.0f}% / {100 * row['samples']['value']:.0f}%"
+
+
 def _flips(report: dict[str, Any]) -> str:
     flips = report.get("flips", {})
     if not flips:
@@ -93,6 +105,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
                 },
                 "sequential_gain": report.get("sequential_gain"),
                 "copy_selectivity": report.get("copy_selectivity"),
+                "anchoring": report.get("anchoring"),
                 "flips": report.get("flips"),
                 "distinct_answers": report.get("distinct_answers"),
                 "ablation": report.get("ablation"),
@@ -116,7 +129,8 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
 
 def print_summary(run_dirs: list[Path]) -> None:
     """Print every run's tables (and write each run's results.json)."""
-    header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "same|wrong / same|right", "w>r:r>w"]
+    header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "same|wrong / same|right",
+              "t1 wrong: t2 keeps / samples give", "w>r:r>w"]  # fmt: skip
     rows = [header]
     details: list[str] = []
     for run_dir in run_dirs:
@@ -132,7 +146,7 @@ def print_summary(run_dirs: list[Path]) -> None:
                     cell = f"{100 * gain['value']:+.1f} [{100 * low:+.0f},{100 * high:+.0f}]"
                 rows.append(
                     [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE), cell,
-                     _selectivity(report), _flips(report)]
+                     _selectivity(report), _anchoring(report), _flips(report)]
                 )  # fmt: skip
         for name, by_label in result["sets"].items():
             for label, row in by_label.items():

@@ -25,6 +25,12 @@ samples:
   over the P parallel samples. Answers are grouped by the grader's ``equivalent`` (greedily, in
   order: an answer joins the first group whose first answer it equals); a missing answer
   (None) is one answer of its own, "no answer", so an episode that never answers has one.
+- Anchoring (``anchoring``, :func:`anchoring`): how often turn 2 keeps turn 1's answer, against
+  how often the P − 1 independent first-turn samples of the same problem land on that answer,
+  given turn 1 was wrong / right. A model that re-solves the restated question from scratch
+  keeps a wrong answer about as often as its independent samples agree with it (a sharp model
+  agrees with itself often); the excess is what seeing the attempt adds. The turn-2 context
+  ablation measures the same with a fresh sample; this comes free with every evaluation.
 - The turn-2 context ablation (``ablation``, :func:`ablation_metrics`).
 
 Paired differences (the sequential gain, tuned vs base, ablation contrasts) are over problems:
@@ -262,9 +268,51 @@ def compute_metrics(
             "repeats": _repeats(ids),
         },
     }
+    if parallel_answers is not None:
+        report["anchoring"] = anchoring(episodes, parallel_answers)
     if ablation is not None:
         report["ablation"] = ablation_metrics(ablation)
     return report
+
+
+def anchoring(
+    episodes: Sequence[Episode], parallel_answers: Sequence[Sequence[str | None]]
+) -> dict[str, Any]:
+    """Turn 2 keeping turn 1's answer vs independent samples giving it, by turn 1 right/wrong.
+
+    ``parallel_answers[i]`` starts with turn 1's own answer (the episode's first turn is one
+    of the P samples), so the other P − 1 are the independent ones. Per condition: ``turn2``
+    (episodes keeping the answer at turn 2), ``samples`` (independent samples giving it, pooled)
+    and ``excess``, turn 2's rate minus its samples' share per episode, averaged per problem
+    and bootstrapped over problems. Episodes without a turn 2 or other samples are left out.
+    """
+    out: dict[str, Any] = {}
+    for given in ("wrong", "right"):
+        kept: list[bool] = []
+        agree = total = 0
+        ids: list[str] = []
+        excess: list[float] = []
+        for episode, answers in zip(episodes, parallel_answers, strict=True):
+            others = list(answers[1:])
+            if len(episode.turns) < 2 or not others:
+                continue
+            first, second = episode.turns[0], episode.turns[1]
+            if turn_is_correct(episode, first) != (given == "right"):
+                continue
+            equivalent = get_grader(episode.grader).equivalent
+            same = same_answer(first.answer, second.answer, equivalent)
+            hits = sum(same_answer(first.answer, a, equivalent) for a in others)
+            kept.append(same)
+            agree, total = agree + hits, total + len(others)
+            ids.append(problem_id(episode))
+            excess.append(float(same) - hits / len(others))
+        means = per_problem_means(ids, excess)
+        out[f"given_{given}"] = {
+            "turn2": _share(kept),
+            "samples": Proportion(agree, total).to_dict(),
+            "excess": paired_bootstrap(list(means.values())),
+        }
+    return out
 
 
 def _repeats(ids: Sequence[str]) -> list[int]:

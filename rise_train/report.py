@@ -280,6 +280,25 @@ def format_exploration(report: dict[str, Any]) -> str:
     return "exploration: " + ", ".join(passes) + "\n" + text
 
 
+def format_anchoring(report: dict[str, Any]) -> str:
+    """Turn 2 keeping turn 1's answer vs the independent samples giving it, by turn 1's grade."""
+    anchoring = report.get("anchoring")
+    if not anchoring:
+        return ""
+    parts = []
+    for given in ("wrong", "right"):
+        row = anchoring[f"given_{given}"]
+        excess = row["excess"]
+        parts.append(
+            f"after a {given} turn 1 {_short(row['turn2'])} vs {_short(row['samples'])} "
+            f"(excess {100 * excess['value']:+.1f} [{100 * excess['ci95'][0]:+.1f}, "
+            f"{100 * excess['ci95'][1]:+.1f}] points)"
+        )
+    return "anchoring (turn 2 keeps turn 1's answer vs independent samples give it): " + (
+        "; ".join(parts)
+    )
+
+
 def format_ablation(report: dict[str, Any]) -> str:
     """Turn 2 after the own wrong attempt, a foreign attempt, or none; own-minus-other contrasts."""
     ablation = report.get("ablation")
@@ -303,6 +322,7 @@ def format_evidence(report: dict[str, Any]) -> str:
     the context ablation (empty for reports written before they existed)."""
     parts = [
         format_copy_selectivity(report),
+        format_anchoring(report),
         format_flips(report),
         format_exploration(report),
         format_ablation(report),

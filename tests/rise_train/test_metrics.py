@@ -20,6 +20,7 @@ from rise_train.metrics import (
 )
 from rise_train.report import (
     format_ablation,
+    format_anchoring,
     format_evidence,
     format_exploration,
     format_flips,
@@ -141,6 +142,23 @@ def test_parallel_pass_and_distinct_answers() -> None:
     assert "p1@t3 0.75 (3/4), p3@t1 0.50 (2/4)" in text and "1.75 over 3 turns" in text
     without = compute_metrics(EPISODES, 3)["exploration"]
     assert "p3@t1" not in without and "parallel" not in without["distinct_answers"]
+
+
+def test_anchoring_against_the_independent_samples() -> None:
+    """Turn 2 keeping turn 1's answer vs the other parallel samples giving it, by turn 1."""
+    short = episode([("It is 5.", "5", [5])])  # no turn 2: left out
+    report = compute_metrics([*EPISODES, short], 3, [*PARALLEL, ["5", "5", "5"]])
+    wrong, right = report["anchoring"]["given_wrong"], report["anchoring"]["given_right"]
+    # wrong turn 1: E2 keeps 5 (its samples: 5, 5), E4 keeps "no answer" (samples: 3, 4)
+    assert counts(wrong["turn2"]) == (2, 2) and counts(wrong["samples"]) == (2, 4)
+    assert wrong["excess"]["value"] == pytest.approx((1 - 1 + 1 - 0) / 2)
+    # right turn 1: E1 keeps 7 (samples 7.0 and 5), E3 changes to 5 (samples: no answer twice)
+    assert counts(right["turn2"]) == (1, 2) and counts(right["samples"]) == (1, 4)
+    assert right["excess"]["value"] == pytest.approx((1 - 0.5 + 0 - 0) / 2)
+    text = format_anchoring(report)
+    assert "after a wrong turn 1 1.00 (2/2) vs 0.50 (2/4) (excess +50.0" in text
+    assert "after a right turn 1 0.50 (1/2) vs 0.25 (1/4) (excess +25.0" in text
+    assert "anchoring" not in compute_metrics(EPISODES, 3) and format_anchoring({}) == ""
 
 
 def test_same_and_distinct_answers_with_none() -> None:
