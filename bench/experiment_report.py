@@ -90,9 +90,28 @@ def _flips(report: dict[str, Any]) -> str:
     return f"{flips.get('wrong_to_right', 0)}:{flips.get('right_to_wrong', 0)}"
 
 
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """A run's manifest; for a folder ``--evaluate-model`` wrote (no manifest), one listing its
+    evaluations (``eval`` and ``eval-<set>``) under the model label ``model``."""
+    path = run_dir / "manifest.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    sets = sorted(p.parent.name for p in run_dir.glob("eval*/report.json"))
+    if not sets:
+        raise SystemExit(
+            f"{run_dir}: neither a run directory (manifest.json) nor an evaluation folder "
+            "(eval/report.json)"
+        )
+    entry = {s: {"model": {"report": f"{s}/report.json"}} for s in sets}
+    return {
+        "evaluations": entry.pop("eval", {}),
+        "extra_evaluations": {s.removeprefix("eval-"): e for s, e in entry.items()},
+    }
+
+
 def summarize_run(run_dir: Path) -> dict[str, Any]:
     """The results of one run directory (what results.json holds)."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     reports = _reports(run_dir, manifest)
     out: dict[str, Any] = {"run": str(run_dir), "sets": {}, "iterations": []}
     for name, by_label in reports.items():
@@ -135,7 +154,7 @@ def print_summary(run_dirs: list[Path]) -> None:
     details: list[str] = []
     for run_dir in run_dirs:
         result = summarize_run(run_dir)
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest = read_manifest(run_dir)
         reports = _reports(run_dir, manifest)
         for name, by_label in reports.items():
             for label, report in by_label.items():
