@@ -10,6 +10,7 @@ loss. Also written to ``results.json`` in each run directory.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rise.episode import Episode
 from rise_train.build import format_composition
 from rise_train.metrics import compute_metrics, paired_comparison
 from rise_train.report import format_paired, read_report
+from rise_train.stats import Proportion
 
 HEADLINE = ("m1@t1", "m5@t1", "m1@t5", "p1@t5", "p5@t1")  # p5@t1: any of 5 parallel right
 
@@ -39,13 +41,48 @@ def _reports(run_dir: Path, manifest: dict[str, Any]) -> dict[str, dict[str, dic
     return out
 
 
-def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
+# "... = 16 ..." in a turn's working: a number after an equals sign (what the test bed's
+# demonstration teaches the model to write before its answer line).
+_RESULT = re.compile(r"=\s*\$?(-?\d+(?:\.\d+)?)")
+
+
+def answer_follows_work(episodes: list[Episode]) -> dict[str, dict[str, Any]]:
+    """Whether a turn's final answer is the result of its own last computation, turn 1 and
+    later turns apart: the share of turns with an answer and a ``= N`` before the answer line
+    whose answer equals that last N.
+
+    Written for the arithmetic test bed (bench/arith_problems.py), whose demonstration ends its
+    working with ``= N`` and then states the answer; it catches a model that learned to change
+    the answer line without changing the work (E5, docs/EXPERIMENTS.md). Not a general grader.
+    """
+    counts = {"first": [0, 0], "later": [0, 0]}
+    for episode in episodes:
+        for turn in episode.turns:
+            if turn.answer is None:
+                continue
+            work = turn.text.split("The answer is")[0].rsplit("\\boxed", 1)[0]
+            results = _RESULT.findall(work)
+            if not results:
+                continue
+            key = "first" if turn.index == 0 else "later"
+            counts[key][1] += 1
+            # an answer that is not a plain number does not follow "= N"
+            counts[key][0] += _number(results[-1]) == _number(turn.answer)
+    return {k: Proportion(c, n).to_dict() for k, (c, n) in counts.items()}
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _episodes(folder: Path) -> tuple[list[Episode], list[list[str | None]]] | None:
+    """The evaluation's episodes and, per episode, its P first-turn answers (turn 1 first)."""
     episodes_file = folder / "episodes.jsonl"
-    current = "copy_selectivity" in report and (
-        "anchoring" in report or report.get("n_parallel", 1) < 2
-    )
-    if current or not episodes_file.exists():
-        return report
+    if not episodes_file.exists():
+        return None
     episodes, parallel = [], []
     for line in episodes_file.read_text().splitlines():
         row = json.loads(line)
@@ -53,6 +90,20 @@ def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
         episodes.append(episode)
         first = episode.turns[0].answer if episode.turns else None
         parallel.append([first, *(t.get("answer") for t in row.get("parallel", []))])
+    return episodes, parallel
+
+
+def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
+    stored = _episodes(folder)
+    if stored is None:
+        return report
+    episodes, parallel = stored
+    report = {**report, "answer_follows_work": answer_follows_work(episodes)}
+    current = "copy_selectivity" in report and (
+        "anchoring" in report or report.get("n_parallel", 1) < 2
+    )
+    if current:
+        return report
     p = report.get("n_parallel", 1)
     fresh = compute_metrics(episodes, report["max_turns"], parallel if p > 1 else None)
     return {**report, **fresh}
@@ -81,6 +132,14 @@ def _anchoring(report: dict[str, Any]) -> str:
     if not row:
         return "-"
     return f"{100 * row['turn2']['value']:.0f}% / {100 * row['samples']['value']:.0f}%"
+
+
+def _follows(report: dict[str, Any]) -> str:
+    """Answers equal to the turn's own last result: turn 1 / later turns."""
+    row = report.get("answer_follows_work")
+    if not row:
+        return "-"
+    return " / ".join(f"{100 * row[k]['value']:.0f}%" if row[k]["n"] else "-" for k in row)
 
 
 def _flips(report: dict[str, Any]) -> str:
@@ -125,6 +184,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
                 "sequential_gain": report.get("sequential_gain"),
                 "copy_selectivity": report.get("copy_selectivity"),
                 "anchoring": report.get("anchoring"),
+                "answer_follows_work": report.get("answer_follows_work"),
                 "flips": report.get("flips"),
                 "distinct_answers": report.get("distinct_answers"),
                 "ablation": report.get("ablation"),
@@ -149,7 +209,8 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
 def print_summary(run_dirs: list[Path]) -> None:
     """Print every run's tables (and write each run's results.json)."""
     header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "same|wrong / same|right",
-              "t1 wrong: t2 keeps / samples give", "w>r:r>w"]  # fmt: skip
+              "t1 wrong: t2 keeps / samples give", "answer = own result t1 / later",
+              "w>r:r>w"]  # fmt: skip
     rows = [header]
     details: list[str] = []
     for run_dir in run_dirs:
@@ -165,7 +226,7 @@ def print_summary(run_dirs: list[Path]) -> None:
                     cell = f"{100 * gain['value']:+.1f} [{100 * low:+.0f},{100 * high:+.0f}]"
                 rows.append(
                     [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE), cell,
-                     _selectivity(report), _anchoring(report), _flips(report)]
+                     _selectivity(report), _anchoring(report), _follows(report), _flips(report)]
                 )  # fmt: skip
         for name, by_label in result["sets"].items():
             for label, row in by_label.items():

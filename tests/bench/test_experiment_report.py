@@ -52,3 +52,26 @@ def test_an_evaluation_folder_is_summarized_with_recomputed_anchoring(
 def test_a_folder_without_runs_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="neither a run directory"):
         summarize_run(tmp_path)
+
+
+def test_answer_follows_work_compares_the_answer_with_the_last_result() -> None:
+    from bench.experiment_report import answer_follows_work
+
+    def turn(i: int, text: str, answer: str | None) -> Turn:
+        return Turn(index=i, user_message="u", prompt_ids=[], output_ids=[i], text=text,
+                    finish_reason="stop", answer=answer)  # fmt: skip
+
+    episode = Episode(
+        question="q",
+        turns=[
+            turn(0, "20 - 4 = 16 left.\nThe answer is \\boxed{16}.", "16"),  # follows
+            turn(1, "20 - 4 = 12, then 12 + 4 = 16.\nThe answer is \\boxed{2}.", "2"),  # not
+            turn(2, "I think it is \\boxed{7}.", "7"),  # no "= N": not counted
+            turn(3, "So 3 * 4 = 12 \\boxed{12}", "12"),  # no answer line: cut at \boxed
+            turn(4, "5 + 5 = 10.\nThe answer is \\boxed{ten}.", "ten"),  # not a number
+            turn(5, "5 + 5 = 10.", None),  # no answer: not counted
+        ],
+    )
+    got = answer_follows_work([episode])
+    assert (got["first"]["count"], got["first"]["n"]) == (1, 1)
+    assert (got["later"]["count"], got["later"]["n"]) == (1, 3)
