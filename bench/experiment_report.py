@@ -100,7 +100,7 @@ def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
     episodes, parallel = stored
     report = {**report, "answer_follows_work": answer_follows_work(episodes)}
     current = "copy_selectivity" in report and (
-        "anchoring" in report or report.get("n_parallel", 1) < 2
+        "sequential_vs_parallel" in report or report.get("n_parallel", 1) < 2
     )
     if current:
         return report
@@ -115,6 +115,14 @@ def _metric(report: dict[str, Any], name: str) -> str:
         return "-"
     low, high = m["ci95"]
     return f"{100 * m['value']:.1f} [{100 * low:.0f},{100 * high:.0f}]"
+
+
+def _paired(m: dict[str, Any] | None) -> str:
+    """A paired difference in points with its interval: ``+1.0 [-2,+4]``."""
+    if not m:
+        return "-"
+    low, high = m["ci95"]
+    return f"{100 * m['value']:+.1f} [{100 * low:+.0f},{100 * high:+.0f}]"
 
 
 def _selectivity(report: dict[str, Any]) -> str:
@@ -182,6 +190,7 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
                     for k in HEADLINE
                 },
                 "sequential_gain": report.get("sequential_gain"),
+                "sequential_vs_parallel": report.get("sequential_vs_parallel"),
                 "copy_selectivity": report.get("copy_selectivity"),
                 "anchoring": report.get("anchoring"),
                 "answer_follows_work": report.get("answer_follows_work"),
@@ -208,7 +217,8 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
 
 def print_summary(run_dirs: list[Path]) -> None:
     """Print every run's tables (and write each run's results.json)."""
-    header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "same|wrong / same|right",
+    header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "tN vote - P samples",
+              "same|wrong / same|right",
               "t1 wrong: t2 keeps / samples give", "answer = own result t1 / later",
               "w>r:r>w"]  # fmt: skip
     rows = [header]
@@ -219,14 +229,11 @@ def print_summary(run_dirs: list[Path]) -> None:
         reports = _reports(run_dir, manifest)
         for name, by_label in reports.items():
             for label, report in by_label.items():
-                gain = report.get("sequential_gain") or {}
-                cell = "-"
-                if gain:
-                    low, high = gain["ci95"]
-                    cell = f"{100 * gain['value']:+.1f} [{100 * low:+.0f},{100 * high:+.0f}]"
                 rows.append(
-                    [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE), cell,
-                     _selectivity(report), _anchoring(report), _follows(report), _flips(report)]
+                    [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE),
+                     _paired(report.get("sequential_gain")),
+                     _paired(report.get("sequential_vs_parallel")), _selectivity(report),
+                     _anchoring(report), _follows(report), _flips(report)]
                 )  # fmt: skip
         for name, by_label in result["sets"].items():
             for label, row in by_label.items():

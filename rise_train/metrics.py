@@ -12,6 +12,8 @@ samples:
   first-turn answers is correct (compute-matched with m1@tN when P = N).
 - ``m1@tN``: the majority vote over the N sequential turns is correct (no oracle; ties go to the
   latest turn, as :func:`rise.voting.majority_vote` does). ``p1@tN``: any of the N turns is.
+  ``sequential_vs_parallel``: m1@tN − mP@t1 paired over problems (bootstrap), the
+  compute-matched comparison: do N turns beat N independent samples?
 - ``acc@tk``: turn k alone is correct; per turn also the vote and oracle over turns 1..k and the
   flips from turn k-1 (wrong→right, right→wrong; pooled totals and their ratio in ``flips``).
 - Copy selectivity (``copy_selectivity``, per turn k >= 2 and pooled over turns 2..N, counted
@@ -269,6 +271,12 @@ def compute_metrics(
         },
     }
     if parallel_answers is not None:
+        parallel_vote = per_problem_means(
+            ids, [vote_is_correct(e, a) for e, a in zip(episodes, parallel_answers, strict=True)]
+        )
+        report["sequential_vs_parallel"] = paired_bootstrap(
+            [final[i] - parallel_vote[i] for i in final]
+        )
         report["anchoring"] = anchoring(episodes, parallel_answers)
     if ablation is not None:
         report["ablation"] = ablation_metrics(ablation)

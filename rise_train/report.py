@@ -197,9 +197,13 @@ def format_per_turn(report: dict[str, Any]) -> str:
             f"{row['turn']:<5} {row['accuracy']['value']:<7.3f} {row['vote']['value']:<10.3f} "
             f"{row['oracle']['value']:<12.3f} {flips[0]!s:<13} {flips[1]!s:<13} {flips[2]!s}"
         )
+    n = len(report["per_turn"])
     gain = report.get("sequential_gain")
     if gain:
-        lines.append(format_paired(f"m1@t{len(report['per_turn'])} - m1@t1", gain))
+        lines.append(format_paired(f"m1@t{n} - m1@t1", gain))
+    matched = report.get("sequential_vs_parallel")
+    if matched:
+        lines.append(format_paired(f"m1@t{n} - m{report.get('n_parallel', n)}@t1", matched))
     return "\n".join(lines)
 
 

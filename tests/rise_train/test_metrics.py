@@ -144,6 +144,17 @@ def test_parallel_pass_and_distinct_answers() -> None:
     assert "p3@t1" not in without and "parallel" not in without["distinct_answers"]
 
 
+def test_sequential_vote_against_the_parallel_vote_paired_over_problems() -> None:
+    """m1@t3 − m3@t1 per problem: only E3 differs (its turns vote 5, its samples 7)."""
+    report = compute_metrics(EPISODES, 3, PARALLEL)
+    matched = report["sequential_vs_parallel"]
+    assert matched["value"] == pytest.approx(
+        report["metrics"]["m1@t3"]["value"] - report["metrics"]["m3@t1"]["value"]
+    )
+    assert (matched["value"], matched["better"], matched["worse"]) == (-0.25, 0, 1)
+    assert "sequential_vs_parallel" not in compute_metrics(EPISODES, 3)
+
+
 def test_anchoring_against_the_independent_samples() -> None:
     """Turn 2 keeping turn 1's answer vs the other parallel samples giving it, by turn 1."""
     short = episode([("It is 5.", "5", [5])])  # no turn 2: left out
