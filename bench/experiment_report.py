@@ -99,8 +99,9 @@ def _recomputed(report: dict[str, Any], folder: Path) -> dict[str, Any]:
         return report
     episodes, parallel = stored
     report = {**report, "answer_follows_work": answer_follows_work(episodes)}
+    newest = (report.get("anchoring") or {}).get("given_wrong", {})  # the latest diagnostic
     current = "copy_selectivity" in report and (
-        "sequential_vs_parallel" in report or report.get("n_parallel", 1) < 2
+        "turn2_correct" in newest or report.get("n_parallel", 1) < 2
     )
     if current:
         return report
@@ -134,12 +135,15 @@ def _selectivity(report: dict[str, Any]) -> str:
     return f"{100 * wrong.get('value', 0):.0f}% / {100 * right.get('value', 0):.0f}%"
 
 
-def _anchoring(report: dict[str, Any]) -> str:
-    """After a wrong turn 1: turn 2 keeps its answer / the independent samples give it."""
+def _anchoring(report: dict[str, Any], what: str = "") -> str:
+    """After a wrong turn 1: turn 2 keeps its answer / the independent samples give it (or,
+    with ``what="_correct"``, turn 2 is right / the samples are)."""
     row = (report.get("anchoring") or {}).get("given_wrong")
-    if not row:
+    if not row or f"turn2{what}" not in row:
         return "-"
-    return f"{100 * row['turn2']['value']:.0f}% / {100 * row['samples']['value']:.0f}%"
+    return (
+        f"{100 * row[f'turn2{what}']['value']:.0f}% / {100 * row[f'samples{what}']['value']:.0f}%"
+    )
 
 
 def _follows(report: dict[str, Any]) -> str:
@@ -219,7 +223,8 @@ def print_summary(run_dirs: list[Path]) -> None:
     """Print every run's tables (and write each run's results.json)."""
     header = ["run", "model", "set", *HEADLINE, "gain tN-t1", "tN vote - P samples",
               "same|wrong / same|right",
-              "t1 wrong: t2 keeps / samples give", "answer = own result t1 / later",
+              "t1 wrong: t2 keeps / samples give", "t1 wrong: t2 right / samples right",
+              "answer = own result t1 / later",
               "w>r:r>w"]  # fmt: skip
     rows = [header]
     details: list[str] = []
@@ -233,7 +238,8 @@ def print_summary(run_dirs: list[Path]) -> None:
                     [run_dir.name, label, name, *(_metric(report, k) for k in HEADLINE),
                      _paired(report.get("sequential_gain")),
                      _paired(report.get("sequential_vs_parallel")), _selectivity(report),
-                     _anchoring(report), _follows(report), _flips(report)]
+                     _anchoring(report), _anchoring(report, "_correct"), _follows(report),
+                     _flips(report)]
                 )  # fmt: skip
         for name, by_label in result["sets"].items():
             for label, row in by_label.items():

@@ -31,8 +31,10 @@ samples:
   how often the P − 1 independent first-turn samples of the same problem land on that answer,
   given turn 1 was wrong / right. A model that re-solves the restated question from scratch
   keeps a wrong answer about as often as its independent samples agree with it (a sharp model
-  agrees with itself often); the excess is what seeing the attempt adds. The turn-2 context
-  ablation measures the same with a fresh sample; this comes free with every evaluation.
+  agrees with itself often); the excess is what seeing the attempt adds. The same for being
+  right: after a wrong turn 1, is turn 2 right more often than a fresh sample of the same
+  problem? That is correction, as against re-sampling. The turn-2 context ablation measures
+  both with a fresh turn-2 sample; this comes free with every evaluation.
 - The turn-2 context ablation (``ablation``, :func:`ablation_metrics`).
 
 Paired differences (the sequential gain, tuned vs base, ablation contrasts) are over problems:
@@ -286,20 +288,27 @@ def compute_metrics(
 def anchoring(
     episodes: Sequence[Episode], parallel_answers: Sequence[Sequence[str | None]]
 ) -> dict[str, Any]:
-    """Turn 2 keeping turn 1's answer vs independent samples giving it, by turn 1 right/wrong.
+    """Turn 2 against the independent first-turn samples of the same problems, by turn 1
+    right/wrong: does it keep turn 1's answer more often than they give it, and is it right
+    more often than they are?
 
     ``parallel_answers[i]`` starts with turn 1's own answer (the episode's first turn is one
     of the P samples), so the other P − 1 are the independent ones. Per condition: ``turn2``
-    (episodes keeping the answer at turn 2), ``samples`` (independent samples giving it, pooled)
-    and ``excess``, turn 2's rate minus its samples' share per episode, averaged per problem
-    and bootstrapped over problems. Episodes without a turn 2 or other samples are left out.
+    (episodes keeping the answer at turn 2), ``samples`` (independent samples giving it,
+    pooled) and ``excess`` (turn 2's rate minus its samples' share per episode, averaged per
+    problem, bootstrapped over problems); the same for being right (``turn2_correct``,
+    ``samples_correct``, ``correct_excess``) — after a wrong turn 1, a model that uses its
+    attempt is right at turn 2 more often than a fresh sample. Episodes without a turn 2 or
+    other samples are left out.
     """
     out: dict[str, Any] = {}
     for given in ("wrong", "right"):
         kept: list[bool] = []
-        agree = total = 0
+        right: list[bool] = []
+        agree = correct = total = 0
         ids: list[str] = []
         excess: list[float] = []
+        correct_excess: list[float] = []
         for episode, answers in zip(episodes, parallel_answers, strict=True):
             others = list(answers[1:])
             if len(episode.turns) < 2 or not others:
@@ -310,15 +319,24 @@ def anchoring(
             equivalent = get_grader(episode.grader).equivalent
             same = same_answer(first.answer, second.answer, equivalent)
             hits = sum(same_answer(first.answer, a, equivalent) for a in others)
+            second_right = turn_is_correct(episode, second)
+            rights = sum(is_correct(episode, a) for a in others)
             kept.append(same)
-            agree, total = agree + hits, total + len(others)
+            right.append(second_right)
+            agree, correct = agree + hits, correct + rights
+            total += len(others)
             ids.append(problem_id(episode))
             excess.append(float(same) - hits / len(others))
-        means = per_problem_means(ids, excess)
+            correct_excess.append(float(second_right) - rights / len(others))
         out[f"given_{given}"] = {
             "turn2": _share(kept),
             "samples": Proportion(agree, total).to_dict(),
-            "excess": paired_bootstrap(list(means.values())),
+            "excess": paired_bootstrap(list(per_problem_means(ids, excess).values())),
+            "turn2_correct": _share(right),
+            "samples_correct": Proportion(correct, total).to_dict(),
+            "correct_excess": paired_bootstrap(
+                list(per_problem_means(ids, correct_excess).values())
+            ),
         }
     return out
 

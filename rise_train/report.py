@@ -285,22 +285,30 @@ def format_exploration(report: dict[str, Any]) -> str:
 
 
 def format_anchoring(report: dict[str, Any]) -> str:
-    """Turn 2 keeping turn 1's answer vs the independent samples giving it, by turn 1's grade."""
+    """Turn 2 against the independent first-turn samples, by turn 1's grade: keeping turn 1's
+    answer, and being right."""
     anchoring = report.get("anchoring")
     if not anchoring:
         return ""
-    parts = []
+
+    def excess(m: dict[str, Any]) -> str:
+        low, high = m["ci95"]
+        return f"{100 * m['value']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] points"
+
+    lines = ["turn 2 vs the independent first-turn samples of the same problems:"]
     for given in ("wrong", "right"):
         row = anchoring[f"given_{given}"]
-        excess = row["excess"]
-        parts.append(
-            f"after a {given} turn 1 {_short(row['turn2'])} vs {_short(row['samples'])} "
-            f"(excess {100 * excess['value']:+.1f} [{100 * excess['ci95'][0]:+.1f}, "
-            f"{100 * excess['ci95'][1]:+.1f}] points)"
+        line = (
+            f"  after a {given} turn 1: keeps its answer {_short(row['turn2'])} vs samples "
+            f"give it {_short(row['samples'])} (excess {excess(row['excess'])})"
         )
-    return "anchoring (turn 2 keeps turn 1's answer vs independent samples give it): " + (
-        "; ".join(parts)
-    )
+        if "turn2_correct" in row:
+            line += (
+                f"; right {_short(row['turn2_correct'])} vs samples "
+                f"{_short(row['samples_correct'])} ({excess(row['correct_excess'])})"
+            )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def format_ablation(report: dict[str, Any]) -> str:

@@ -166,9 +166,16 @@ def test_anchoring_against_the_independent_samples() -> None:
     # right turn 1: E1 keeps 7 (samples 7.0 and 5), E3 changes to 5 (samples: no answer twice)
     assert counts(right["turn2"]) == (1, 2) and counts(right["samples"]) == (1, 4)
     assert right["excess"]["value"] == pytest.approx((1 - 0.5 + 0 - 0) / 2)
+    # being right at turn 2 vs the samples: E2 5 (samples 5, 5), E4 none (3, 4): none right;
+    # E1 7 (7.0 right, 5 not): 1 − 0.5; E3 5 (no answers): 0 − 0
+    assert counts(wrong["turn2_correct"]) == (0, 2) and counts(wrong["samples_correct"]) == (0, 4)
+    assert wrong["correct_excess"]["value"] == 0.0
+    assert counts(right["turn2_correct"]) == (1, 2) and counts(right["samples_correct"]) == (1, 4)
+    assert right["correct_excess"]["value"] == pytest.approx((0.5 + 0.0) / 2)
     text = format_anchoring(report)
-    assert "after a wrong turn 1 1.00 (2/2) vs 0.50 (2/4) (excess +50.0" in text
-    assert "after a right turn 1 0.50 (1/2) vs 0.25 (1/4) (excess +25.0" in text
+    assert "after a wrong turn 1: keeps its answer 1.00 (2/2) vs samples give it 0.50 (2/4)" in text
+    assert "(excess +50.0 [" in text and "right 0.00 (0/2) vs samples 0.00 (0/4)" in text
+    assert "after a right turn 1: keeps its answer 0.50 (1/2) vs samples give it 0.25 (1/4)" in text
     assert "anchoring" not in compute_metrics(EPISODES, 3) and format_anchoring({}) == ""
 
 
