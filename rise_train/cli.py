@@ -377,7 +377,7 @@ def evaluate(
     config: Config = None, quiet: Quiet = False,
     **options: Any,
 ) -> None:  # fmt: skip
-    """m1@t1, m5@t1, m1@tN, p1@tN, flips, copy selectivity, exploration (95% CIs); JSON + plots."""
+    """m1@t1, m5@t1, m1@tN, p1@tN, flips, copy selectivity, anchoring (95% CIs); JSON + plots."""
     from rise_train import report as rp
     from rise_train.evaluate import run_evaluation
     from rise_train.metrics import paired_comparison
