@@ -202,8 +202,9 @@ def format_per_turn(report: dict[str, Any]) -> str:
     if gain:
         lines.append(format_paired(f"m1@t{n} - m1@t1", gain))
     matched = report.get("sequential_vs_parallel")
-    if matched:
-        lines.append(format_paired(f"m1@t{n} - m{report.get('n_parallel', n)}@t1", matched))
+    parallel = [k for k in report.get("metrics", {}) if k.endswith("@t1") and k != "m1@t1"]
+    if matched and parallel:
+        lines.append(format_paired(f"m1@t{n} - {parallel[0]}", matched))
     return "\n".join(lines)
 
 

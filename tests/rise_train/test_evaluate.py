@@ -109,7 +109,9 @@ def test_sequential_gain_and_repeated_turns() -> None:
     text = format_per_turn(report)
     assert text.splitlines()[0].endswith("same text")
     assert format_paired("m1@t3 - m1@t1", gain) in text
-    assert text.endswith("(1 better, 1 worse of 4)")
+    assert text.splitlines()[-2].endswith("(1 better, 1 worse of 4)")
+    # the compute-matched comparison closes the table: m1@t3 − m5@t1 per problem
+    assert text.splitlines()[-1] == format_paired("m1@t3 - m5@t1", report["sequential_vs_parallel"])
 
 
 def test_paired_comparison_pairs_problems_by_id() -> None:
