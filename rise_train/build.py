@@ -423,6 +423,24 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
             wrong_ids.append(output_ids)
 
 
+def _repeat_of(
+    ids: Sequence[int],
+    answer: str | None,
+    earlier_ids: Sequence[Sequence[int]],
+    wrong_answers: Sequence[str | None],
+    grader: str,
+) -> str | None:
+    """The de-duplication rule, once: ``"action"`` when ``ids`` repeat one of ``earlier_ids``,
+    ``"wrong_answer"`` when ``answer`` is one of the earlier ``wrong_answers``, else None."""
+    if any(ids == earlier for earlier in earlier_ids):
+        return "action"
+    if answer is not None and wrong_answers:
+        equivalent = get_grader(grader).equivalent
+        if any(w is not None and equivalent(answer, w) for w in wrong_answers):
+            return "wrong_answer"
+    return None
+
+
 def _repeats_wrong(
     candidate: Candidate,
     ids: Sequence[int],
@@ -433,27 +451,20 @@ def _repeats_wrong(
     """Whether a wrong candidate repeats an earlier wrong attempt: its tokens, or its answer."""
     if candidate.correct:
         return False
-    if any(list(ids) == list(w) for w in wrong_ids):
-        return True
-    answer = candidate.answer
-    if answer is None:
-        return False
-    equivalent = get_grader(grader).equivalent
-    return any(w is not None and equivalent(answer, w) for w in wrong_answers)
+    return _repeat_of(ids, candidate.answer, wrong_ids, wrong_answers, grader) is not None
 
 
 def _repeats(action: _Action) -> str | None:
     """Why a correction target repeats the trajectory's past (None: it does not)."""
     if not action.earlier_ids:
         return None
-    if any(action.target_ids == ids for ids in action.earlier_ids):
-        return "action"
-    answer = action.candidate.answer
-    if answer is not None and action.earlier_wrong_answers:
-        equivalent = get_grader(action.grader).equivalent
-        if any(w is not None and equivalent(answer, w) for w in action.earlier_wrong_answers):
-            return "wrong_answer"
-    return None
+    return _repeat_of(
+        action.target_ids,
+        action.candidate.answer,
+        action.earlier_ids,
+        action.earlier_wrong_answers,
+        action.grader,
+    )
 
 
 def _pairs(action: _Action, config: BuildConfig) -> Iterator[PreferencePair]:
