@@ -167,3 +167,63 @@ def tiny_train_config(model: Path, examples: Path, out: Path, **overrides):  # -
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+MARKOV_STATES = 8
+"""Tokens of the Markov-chain model's chain (:func:`build_markov_model`)."""
+
+
+def markov_logits(states: int = MARKOV_STATES) -> list[list[float]]:
+    """The chain's next-token logits, ``[state][next state]``: the cycle's successor 2.5, two
+    other states 1.0 and 0.5, the rest 0. At temperature 1 the successor has about 0.57 of the
+    mass, so n-gram drafts (which predict the cycle) are accepted about half the time and every
+    other state keeps at least 2%: drafts are proposed, accepted and rejected at every step."""
+    rows = []
+    for state in range(states):
+        row = [0.0] * states
+        row[(state + 1) % states] = 2.5
+        row[(state + 3) % states] = 1.0
+        row[(state + 5) % states] = 0.5
+        rows.append(row)
+    return rows
+
+
+def build_markov_model(path: Path, *, states: int = MARKOV_STATES, hidden_size: int = 128) -> Path:
+    """A Llama whose next token depends only on the current one, with known probabilities: a
+    Markov chain over ``states`` ordinary tokens (``markov.json`` lists their ids and
+    :func:`markov_logits`), every other token far below (-30). Sampling exactness tests compare
+    an engine's samples with this exact distribution.
+
+    How: every layer's output projections are zero, so the residual stream is the current
+    token's embedding, a unit basis vector ``e_s`` for its state ``s`` (tokens outside the chain
+    are state 0); the final RMSNorm scales it to ``sqrt(hidden) * e_s``, and the LM head's
+    column ``s`` holds the state's logits divided by ``sqrt(hidden)``.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = build_tiny_model(path, hidden_size=hidden_size)
+    tokenizer = build_tiny_tokenizer()
+    chain = [tokenizer.convert_tokens_to_ids(c) for c in "abcdefgh"[:states]]
+    weights_file = path / "model.safetensors"
+    weights = load_file(weights_file)
+    vocab = weights["model.embed_tokens.weight"].shape[0]
+    state_of = torch.zeros(vocab, dtype=torch.long)
+    state_of[torch.tensor(chain)] = torch.arange(states)
+    embed = torch.zeros(vocab, hidden_size)
+    embed[torch.arange(vocab), state_of] = 10.0
+    head = torch.full((vocab, hidden_size), 0.0)
+    head[:, :states] = -30.0 / hidden_size**0.5
+    logits = torch.tensor(markov_logits(states))  # [state, next state]
+    head[torch.tensor(chain), :states] = logits.T / hidden_size**0.5
+    weights["model.embed_tokens.weight"] = embed
+    weights["lm_head.weight"] = head
+    weights["model.norm.weight"] = torch.ones(hidden_size)
+    for name in list(weights):
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name] = torch.zeros_like(weights[name])
+    save_file({k: v.contiguous() for k, v in weights.items()}, weights_file, {"format": "pt"})
+    (path / "markov.json").write_text(
+        json.dumps({"tokens": chain, "logits": markov_logits(states)})
+    )
+    return path
