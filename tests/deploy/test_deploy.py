@@ -772,6 +772,7 @@ def test_grafana_dashboard_covers_rise_metrics() -> None:
         "answer changes": r"rise_answer_changes_total",
         "prefix-cache hit ratio": r'kind="cached".*\n?.*/.*kind="prompt"',
         "queue depth": r"rise_engine_queue_depth",
+        "answers without a box": r'rise_turn_answers_total\{[^}]*extraction!="boxed"',
     }
     missing = [topic for topic, pattern in wanted.items() if not re.search(pattern, exprs)]
     assert not missing, f"the dashboard lacks {missing}"
@@ -783,3 +784,101 @@ def test_app_routes_serve_probes_and_metrics() -> None:
     paths = {getattr(route, "path", None) for route in create_app(Settings()).routes}
     expected = {"/health", "/ready", "/metrics", "/solve", "/v1/chat/completions", "/v1/models"}
     assert expected <= paths, f"missing routes {sorted(expected - paths)}"
+
+
+# ==== tests: the alerting rules ==================================================================
+
+ALERTS = DOCKER / "prometheus" / "alerts.yml"
+
+
+def test_alert_rules_pass_promtool_and_query_exported_metrics() -> None:
+    _run([_tool("promtool"), "check", "rules", str(ALERTS)])
+    records = set()
+    for group in yaml.safe_load(ALERTS.read_text())["groups"]:
+        for rule in group["rules"]:
+            names = _promql_metrics(rule["expr"]) - records
+            assert names <= set(_exported_samples()), (rule, names)
+            records.add(rule.get("record", ""))
+
+
+def test_compose_prometheus_loads_the_alert_rules() -> None:
+    prometheus = _compose("cpu")["services"]["prometheus"]
+    mounts = {Path(v["source"]): v["target"] for v in prometheus["volumes"] if v["type"] == "bind"}
+    config = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == [mounts[ALERTS]]
+
+
+@pytest.mark.parametrize("overlay", SERVED_OVERLAYS)
+def test_kustomize_prometheusrule_carries_the_compose_rules(overlay: str) -> None:
+    rule = _one(_kustomize(overlay), "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text())
+
+
+def _promtool_test(tmp_path: Path, series: dict[str, str], checks: dict[str, bool]) -> None:
+    """``promtool test rules`` on the alert rules (annotations left out: their text is checked
+    by ``promtool check rules``) with one-minute samples ``series`` {extraction: values};
+    ``checks`` {"<minutes>m": fires?}."""
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
+    labels = {"model": "m", "mode": "vote"}
+    expected = {**labels, "severity": "warning"}
+    test = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": "rise_turn_answers_total{"
+                        + ",".join(f'{k}="{v}"' for k, v in {**labels, "extraction": e}.items())
+                        + "}",
+                        "values": values,
+                    }
+                    for e, values in series.items()
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": at,
+                        "alertname": "RiseAnswersWithoutBox",
+                        "exp_alerts": [{"exp_labels": expected}] if fires else [],
+                    }
+                    for at, fires in checks.items()
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    done = subprocess.run(
+        [_tool("promtool"), "test", "rules", "test.yml"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alert_fires_within_minutes_when_answers_turn_to_noise(tmp_path: Path) -> None:
+    """Seven hours of 10 turns a minute, 80% boxed; then the answers lose their box (what the
+    sampling fault of issue 29 did): quiet before, firing 5 minutes after (2 of them `for`)."""
+    _promtool_test(
+        tmp_path,
+        {"boxed": "0+8x420 3360+0x30", "fallback": "0+2x420 840+10x30"},
+        {"419m": False, "422m": False, "426m": True, "440m": True},
+    )
+
+
+def test_alert_stays_quiet_for_a_model_that_never_boxes(tmp_path: Path) -> None:
+    """A steady share, however high (an untrained model without the demonstration), is the
+    baseline, not a jump; so is a quiet service."""
+    _promtool_test(
+        tmp_path,
+        {"boxed": "0+1x450", "fallback": "0+6x450", "none": "0+3x450"},
+        {"300m": False, "440m": False},
+    )
+    _promtool_test(
+        tmp_path,
+        {"boxed": "0+1x420 420+0x30", "none": "0+0x420 0+0.01x30"},  # under 0.02 turns/s
+        {"440m": False},
+    )
