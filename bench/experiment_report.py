@@ -51,7 +51,7 @@ def answer_follows_work(episodes: list[Episode]) -> dict[str, dict[str, Any]]:
     later turns apart: the share of turns with an answer and a ``= N`` before the answer line
     whose answer equals that last N.
 
-    Written for the arithmetic test bed (bench/arith_problems.py), whose demonstration ends its
+    Written for the arithmetic test bed (rise_train/arithmetic.py), whose demonstration ends its
     working with ``= N`` and then states the answer; it catches a model that learned to change
     the answer line without changing the work (E5, docs/EXPERIMENTS.md). Not a general grader.
     """

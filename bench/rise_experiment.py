@@ -26,7 +26,7 @@ resumes it where it stopped::
         --run-dir runs/e4p5s1/eval400 --oot 0 --eval-temperature 0.7 --max-tokens 128 \\
         --dtype float32
 
-Problems are generated (``bench/arith_problems.py``): ``--train`` training and ``--eval``
+Problems are generated (``rise_train/arithmetic.py``): ``--train`` training and ``--eval``
 held-out problems of one template family, plus ``--oot`` out-of-template held-out problems
 (other sentences, names, objects). Format noise is removed with a one-shot demonstration
 whose answer line is fixed (``The answer is \\boxed{N}.``), as RISE's own prompt does; the
@@ -49,11 +49,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from arith_problems import make_problems
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/experiment_report.py
 
 from rise.prompts import PromptConfig
+from rise_train.arithmetic import DEMONSTRATION, make_problems
 from rise_train.build import BuildConfig
 from rise_train.collect import CollectConfig, parse_schedule
 from rise_train.evaluate import EvalConfig
@@ -68,13 +67,6 @@ from rise_train.iterate import (
     save_manifest,
 )
 
-# The one-shot demonstration: a short chain of thought and a fixed answer line. Its names and
-# objects belong to neither problem family.
-DEMONSTRATION = (
-    "Lia has 9 shells and finds 4 more. How many shells does Lia have now?",
-    "Lia starts with 9 shells and finds 4 more, so she has 9 + 4 = 13 shells.\n"
-    "The answer is \\boxed{13}.",
-)
 SHORT_INTROSPECTION = "The answer is incorrect. Please try again."  # the paper's text
 
 

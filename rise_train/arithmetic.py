@@ -1,5 +1,7 @@
-"""Generated arithmetic word problems for the RISE experiment: one template family to train on,
-and a second family (other sentence templates, names and objects) held out entirely.
+"""Generated arithmetic word problems, the test bed of the RISE study (docs/EXPERIMENTS.md): one
+template family to train on, a second family (other sentence templates, names and objects) held
+out entirely, and the one-shot demonstration the study prompts with. The output-quality test of
+the default model (tests/e2e) samples from the same problems.
 
 Why generated: GSM8K is out of reach for a 135M model (about 0/64 greedy), and the RISE test bed
 needs base accuracy around 10-40% with pass@8 well above it (docs/EXPERIMENTS.md). One- and
@@ -24,6 +26,14 @@ OOT_NAMES = ["Priya", "Omar", "Hana", "Carlos", "Greta", "Kofi", "Yuki", "Nadia"
 OOT_THINGS = ["muffins", "balloons", "coins", "tickets", "candles", "bottles", "buttons", "cards"]
 
 Maker = Callable[[random.Random, str, str, str], tuple[str, int]]
+
+# The one-shot demonstration: a short chain of thought and a fixed answer line. Its names and
+# objects belong to neither problem family.
+DEMONSTRATION = (
+    "Lia has 9 shells and finds 4 more. How many shells does Lia have now?",
+    "Lia starts with 9 shells and finds 4 more, so she has 9 + 4 = 13 shells.\n"
+    "The answer is \\boxed{13}.",
+)
 
 
 def _one_step(r: random.Random, name: str, friend: str, things: str) -> tuple[str, int]:
