@@ -297,8 +297,7 @@ class SolveService:
     async def _drive(self, run: _Run, tokens: bool) -> AsyncIterator[ServiceEvent]:
         result, plan = run.result, run.job.plan
         index_of = {session.id: i for i, session in enumerate(result.sessions)}
-        config = plan.loop_config(stream_tokens=tokens)
-        events = self.loop.stream([s.episode for s in result.sessions], config)
+        events = self.loop.stream([s.episode for s in result.sessions], plan, tokens)
         try:
             async for event in events:
                 if isinstance(event, TurnEvent):
@@ -307,7 +306,7 @@ class SolveService:
                     self.metrics.record_turn(
                         session.episode, event.turn, self.model_name, plan.mode
                     )
-                    if stop_reason(session.episode, config, result.turns_before[i]) is None:
+                    if stop_reason(session.episode, plan, result.turns_before[i]) is None:
                         # Not the last turn; the last one is stored with its EpisodeEvent,
                         # which follows at once (and _finish stores it if the run is cut).
                         await self.store.put(session)

@@ -34,16 +34,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny model lives in tests/
 
-from rise.engine import EngineSettings, SamplingConfig
+from rise.engine import EngineSettings
 from rise.engine.vllm_engine import VLLMEngine
 from rise.episode import Episode
-from rise.loop import LoopConfig, TurnLoop, new_episode
+from rise.loop import TurnLoop, new_episode
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
 from tests.tiny_models import build_tiny_model
 
 
 async def run_loop(
-    engine: VLLMEngine, questions: list[str], config: LoopConfig, streamed: bool = False
+    engine: VLLMEngine, questions: list[str], plan: RequestPlan, streamed: bool = False
 ) -> tuple[float, list[Episode]]:
     """One loop run from a cold prefix cache; ``streamed`` consumes every token event."""
     loop = TurnLoop(engine, ChatRenderer(engine.tokenizer))
@@ -51,10 +52,10 @@ async def run_loop(
     await engine.reset_prefix_cache()
     started = time.perf_counter()
     if streamed:
-        async for _ in loop.stream(episodes, config):
+        async for _ in loop.stream(episodes, plan):
             pass
     else:
-        await loop.run(episodes, config)
+        await loop.run(episodes, plan)
     return time.perf_counter() - started, episodes
 
 
@@ -127,9 +128,7 @@ async def main(args: argparse.Namespace) -> None:
         f"Problem {i}: a farmer has {i + 3} cows and buys {2 * i + 1} more. How many cows?"
         for i in range(args.episodes)
     ]
-    config = LoopConfig(
-        max_turns=args.turns, sampling=SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
-    )
+    config = RequestPlan(max_turns=args.turns, temperature=0.0, max_tokens=args.max_tokens)
     try:
         await run_loop(engine, questions[:4], config)  # warm-up
         rates: dict[str, list[float]] = {"loop": [], "limit": []}

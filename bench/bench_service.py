@@ -158,17 +158,17 @@ class InProcess:
         self.args, self.settings = args, settings
 
     async def start(self) -> Solve:
-        from rise.engine import SamplingConfig, build_engine
-        from rise.loop import LoopConfig, TurnLoop, new_episode
+        from rise.engine import build_engine
+        from rise.loop import TurnLoop, new_episode
+        from rise.plan import RequestPlan
         from rise.prompts import ChatRenderer
 
         self.engine = await asyncio.to_thread(build_engine, self.settings)
         loop = TurnLoop(self.engine, ChatRenderer(self.engine.tokenizer, PROMPTS))
-        sampling = SamplingConfig(temperature=0.0, max_tokens=self.args.max_tokens)
-        config = LoopConfig(max_turns=TURNS, sampling=sampling, stream_tokens=False)
+        plan = RequestPlan(max_turns=TURNS, temperature=0.0, max_tokens=self.args.max_tokens)
 
         async def solve(question: str, result: Result) -> None:
-            (episode,) = await loop.run([new_episode(question, grader="gsm8k")], config)
+            (episode,) = await loop.run([new_episode(question, grader="gsm8k")], plan)
             result.generated += episode.output_tokens
             result.prompt += episode.prompt_tokens
             result.cached += episode.cached_tokens

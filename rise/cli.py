@@ -170,7 +170,7 @@ async def _solve(
         episode = new_episode(question, reference=reference, grader=grader, context=context)
         out = sys.stderr if as_json else sys.stdout
         shown: set[int] = set()  # turns whose header is printed
-        async for event in loop.stream([episode], plan.loop_config()):
+        async for event in loop.stream([episode], plan):
             if isinstance(event, TokenEvent):
                 if event.turn not in shown:
                     print(_rule(f"turn {event.turn + 1}"), file=out)

@@ -10,9 +10,10 @@ Progress comes out as events from :meth:`TurnLoop.stream` — token deltas, turn
 ends — and closing the stream (or cancelling its consumer) cancels every running turn, which
 aborts its engine request.
 
-A run may start from an episode that already has turns (a continued session): ``max_turns`` and
-``token_budget`` count the turns and tokens of this run, as in :mod:`rise.plan`. The final
-answer is :func:`rise.voting.final_answer`'s.
+The loop runs a :class:`~rise.plan.RequestPlan` as it is: its turns, stop rules, context window,
+answer rule and sampling (``n`` is the caller's: one episode each). A run may start from an
+episode that already has turns (a continued session): ``max_turns`` and ``token_budget`` count
+the turns and tokens of this run. The final answer is :func:`rise.voting.final_answer`'s.
 """
 
 from __future__ import annotations
@@ -20,42 +21,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from rise.affinity import new_root, session_root
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
 from rise.episode import Episode, Outcome, StopReason, Turn
-from rise.plan import DEFAULT_MAX_TURNS
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
-from rise.voting import AnswerMode, FinalAnswer, Vote, final_answer
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """How many turns, when to stop early, what the model sees, how the answer is chosen.
-
-    Usually made by :meth:`rise.plan.RequestPlan.loop_config`.
-    """
-
-    max_turns: int = DEFAULT_MAX_TURNS  # turns this run takes (on top of any it starts with)
-    oracle: bool = False  # stop rule: stop at the first correct turn (needs a reference)
-    converge_k: int | None = None  # stop once the last k answers agree (k >= 2)
-    token_budget: int | None = None  # generated tokens of this run, all turns together
-    context_window: int | None = None  # keep the last k attempts; None keeps all turns
-    answer_mode: AnswerMode = "vote"  # answer rule (rise.voting.final_answer)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stream_tokens: bool = True  # emit TokenEvent per engine delta
-
-    def __post_init__(self) -> None:
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
-        if self.converge_k is not None and self.converge_k < 2:
-            raise ValueError("converge_k must be >= 2")
-        if self.context_window is not None and self.context_window < 1:
-            raise ValueError("context_window must be >= 1")
-        if self.token_budget is not None and self.token_budget < 1:
-            raise ValueError("token_budget must be >= 1")
+from rise.voting import FinalAnswer, Vote, final_answer
 
 
 @dataclass(frozen=True)
@@ -104,26 +78,26 @@ def new_episode(
     return episode
 
 
-def stop_reason(episode: Episode, config: LoopConfig, start: int = 0) -> StopReason | None:
-    """The rule that ends ``episode`` before its next turn, or None to go on.
+def stop_reason(episode: Episode, plan: RequestPlan, start: int = 0) -> StopReason | None:
+    """The rule of ``plan`` that ends ``episode`` before its next turn, or None to go on.
 
     ``start``: the turns the episode had when this run began (max_turns and the token budget
     count from there).
     """
     turns = episode.turns
-    if turns and config.oracle and turns[-1].outcome is Outcome.CORRECT:
+    if turns and plan.stop_on_correct and turns[-1].outcome is Outcome.CORRECT:
         return StopReason.ORACLE
-    if config.converge_k is not None and len(turns) >= config.converge_k:
-        recent = [turn.answer for turn in turns[-config.converge_k :]]
+    if plan.converge_k is not None and len(turns) >= plan.converge_k:
+        recent = [turn.answer for turn in turns[-plan.converge_k :]]
         grader = get_grader(episode.grader)
         first = recent[0]
         if first is not None and all(
             a is not None and grader.equivalent(first, a) for a in recent[1:]
         ):
             return StopReason.CONVERGED
-    if config.token_budget is not None and _run_tokens(episode, start) >= config.token_budget:
+    if plan.token_budget is not None and _run_tokens(episode, start) >= plan.token_budget:
         return StopReason.TOKEN_BUDGET
-    if len(turns) - start >= config.max_turns:
+    if len(turns) - start >= plan.max_turns:
         return StopReason.MAX_TURNS
     return None
 
@@ -207,27 +181,34 @@ class TurnLoop:
         )
 
     async def run_episode(
-        self, episode: Episode, config: LoopConfig, emit: Emit, position: int = 0
+        self,
+        episode: Episode,
+        plan: RequestPlan,
+        emit: Emit,
+        position: int = 0,
+        stream_tokens: bool = True,
     ) -> Episode:
-        """Take turns until a stopping rule fires; emits events as it goes.
+        """Take turns until a stopping rule fires; emits events as it goes (token deltas only
+        with ``stream_tokens``).
 
         With a seed, each turn samples with one derived from (seed, ``position``, turn index):
         parallel episodes of one request (their ``position`` differs) and successive turns
         draw different samples, and a rerun draws the same ones.
         """
         start = len(episode.turns)
+        base = plan.sampling()
         try:
-            while (reason := stop_reason(episode, config, start)) is None:
-                sampling = config.sampling.derived(position, len(episode.turns))
-                if config.token_budget is not None:
-                    left = config.token_budget - _run_tokens(episode, start)
+            while (reason := stop_reason(episode, plan, start)) is None:
+                sampling = base.derived(position, len(episode.turns))
+                if plan.token_budget is not None:
+                    left = plan.token_budget - _run_tokens(episode, start)
                     sampling = replace(sampling, max_tokens=min(sampling.max_tokens, left))
                 try:
                     turn = await self.take_turn(
                         episode,
                         sampling,
-                        window=config.context_window,
-                        emit=emit if config.stream_tokens else None,
+                        window=plan.context_window,
+                        emit=emit if stream_tokens else None,
                     )
                 except PromptTooLongError:
                     if not episode.turns:
@@ -240,15 +221,16 @@ class TurnLoop:
             episode.stop_reason = StopReason.CANCELLED
             raise
         episode.stop_reason = reason
-        final = final_answer(episode, config.answer_mode)
+        final = final_answer(episode, plan.mode)
         episode.final_answer = final.answer
         emit(EpisodeEvent(episode, final))
         return episode
 
     async def stream(
-        self, episodes: Sequence[Episode], config: LoopConfig
+        self, episodes: Sequence[Episode], plan: RequestPlan, stream_tokens: bool = True
     ) -> AsyncIterator[LoopEvent]:
-        """Run all episodes concurrently, yielding their events as they happen.
+        """Run all episodes concurrently, yielding their events as they happen (token deltas
+        only with ``stream_tokens``).
 
         Closing the iterator early, or cancelling its consumer, cancels every running turn
         (and so aborts its engine request); an error in one episode cancels the rest and is
@@ -258,7 +240,7 @@ class TurnLoop:
 
         async def run(episode: Episode, position: int) -> None:
             try:
-                await self.run_episode(episode, config, queue.put_nowait, position)
+                await self.run_episode(episode, plan, queue.put_nowait, position, stream_tokens)
             except asyncio.CancelledError:
                 raise
             except BaseException as error:
@@ -279,9 +261,8 @@ class TurnLoop:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def run(self, episodes: Sequence[Episode], config: LoopConfig) -> list[Episode]:
+    async def run(self, episodes: Sequence[Episode], plan: RequestPlan) -> list[Episode]:
         """Run all episodes to their end; returns them (also updated in place)."""
-        quiet = replace(config, stream_tokens=False)
-        async for _ in self.stream(episodes, quiet):
+        async for _ in self.stream(episodes, plan, stream_tokens=False):
             pass
         return list(episodes)

@@ -7,12 +7,15 @@ on; nothing downstream reads a request again:
 - ``/v1/chat/completions``: the ``rise-N[-mode]/`` model name and the ``rise`` extra body
   (``app/api/openai.py``);
 - ``python -m rise solve`` (``rise/cli.py``);
-- collection and evaluation can do the same: :meth:`RequestPlan.loop_config` and
-  :meth:`RequestPlan.sampling` are the loop's and the engine's configs.
+- collection and evaluation, which build their plans from their configs.
+
+The turn loop (:class:`rise.loop.TurnLoop`) runs the plan itself, and
+:meth:`RequestPlan.sampling` is the engine's config: every field and every validation rule of a
+run exists here once.
 
 ``max_turns`` has one meaning everywhere: **the turns this run takes**. For a new episode that
-is all of its turns; a continued session takes that many more on top of the ones it has
-(:class:`rise.loop.LoopConfig` counts the same way, and so does ``token_budget``).
+is all of its turns; a continued session takes that many more on top of the ones it has (and so
+does ``token_budget``).
 
 The answer rule (``mode``, see :func:`rise.voting.final_answer`) and the stop rules
 (``stop_on_correct`` — the oracle —, ``converge_k``, ``token_budget``) are separate fields; the
@@ -36,7 +39,6 @@ from rise.voting import ANSWER_MODES, AnswerMode
 
 if TYPE_CHECKING:
     from rise.episode import Episode
-    from rise.loop import LoopConfig
 
 __all__ = [
     "CLI_PLAN",
@@ -171,21 +173,6 @@ class RequestPlan:
             max_tokens=self.max_tokens,
             seed=self.seed,
             stop=self.stop,
-        )
-
-    def loop_config(self, stream_tokens: bool = True) -> LoopConfig:
-        """The turn loop's config for this plan (``n`` is the caller's: one episode each)."""
-        from rise.loop import LoopConfig  # the loop imports the plan's defaults
-
-        return LoopConfig(
-            max_turns=self.max_turns,
-            oracle=self.stop_on_correct,
-            converge_k=self.converge_k,
-            token_budget=self.token_budget,
-            context_window=self.context_window,
-            answer_mode=self.mode,
-            sampling=self.sampling(),
-            stream_tokens=stream_tokens,
         )
 
 

@@ -11,8 +11,8 @@ turn's text stands for it; the loop, the service, both APIs and the CLI call it.
   right), or the vote when none was.
 
 The answer rule never looks at why the episode stopped: stopping at the first correct turn is a
-separate *stop rule* (:attr:`rise.loop.LoopConfig.oracle`); with it, the latest correct turn is
-the last one.
+separate *stop rule* (:attr:`rise.plan.RequestPlan.stop_on_correct`); with it, the latest correct
+turn is the last one.
 
 Answers are grouped by mathematical equivalence, not by spelling (`0.5` and `\\frac{1}{2}` are
 one vote block), turns without an answer abstain, and a tie goes to the group holding the

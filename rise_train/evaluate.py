@@ -151,8 +151,8 @@ async def run_evaluation(
         # The service's loop with no oracle and no early stop: N turns, or fewer when the
         # prompt outgrows the context; seeds derive from the problem's (seed, turn).
         episode = fresh(problem, repeat)
-        turns = seeded(problem, repeat, 0, 0).loop_config(stream_tokens=False)
-        await loop.run_episode(episode, turns, count_turns)
+        plan = seeded(problem, repeat, 0, 0)
+        await loop.run_episode(episode, plan, count_turns, stream_tokens=False)
         bar.update(config.max_turns - len(episode.turns))  # the turns a full context cut off
         return episode
 

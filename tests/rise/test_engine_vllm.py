@@ -13,7 +13,8 @@ import pytest
 from rise.engine import SamplingConfig
 from rise.engine.vllm_engine import intel_openmp
 from rise.episode import Outcome, StopReason
-from rise.loop import LoopConfig, TokenEvent, TurnLoop, new_episode
+from rise.loop import TokenEvent, TurnLoop, new_episode
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
 from tests.file_times import file_times
 
@@ -39,8 +40,7 @@ def read_child_processes(read: Callable[[psutil.Process], str]) -> list[str]:
 async def test_vllm_five_turns_over_many_episodes_extend_and_hit_cache(tiny_engine) -> None:
     loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
     episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS]
-    sampling = SamplingConfig(temperature=0.0, max_tokens=48)
-    await loop.run(episodes, LoopConfig(max_turns=5, sampling=sampling))
+    await loop.run(episodes, RequestPlan(max_turns=5, temperature=0.0, max_tokens=48))
     for episode in episodes:
         assert len(episode.turns) == 5 and episode.stop_reason is StopReason.MAX_TURNS
         for before, after in zip(episode.turns, episode.turns[1:], strict=False):
@@ -55,7 +55,7 @@ async def test_vllm_five_turns_over_many_episodes_extend_and_hit_cache(tiny_engi
 async def test_vllm_greedy_text_matches_output_ids(tiny_engine) -> None:
     loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
     episode = new_episode(QUESTIONS[0])
-    await loop.run([episode], LoopConfig(max_turns=2, sampling=SamplingConfig(0.0, 1.0, 32)))
+    await loop.run([episode], RequestPlan(max_turns=2, temperature=0.0, max_tokens=32))
     for turn in episode.turns:
         assert tiny_engine.tokenizer.decode(turn.output_ids, skip_special_tokens=True) == turn.text
 
@@ -90,7 +90,7 @@ async def test_vllm_ngram_speculation_keeps_the_answers_and_accepts_drafts(
     try:
         loop = TurnLoop(engine, ChatRenderer(engine.tokenizer))
         episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS[:4]]
-        await loop.run(episodes, LoopConfig(max_turns=3, sampling=SamplingConfig(0.0, 1.0, 40)))
+        await loop.run(episodes, RequestPlan(max_turns=3, temperature=0.0, max_tokens=40))
         for episode in episodes:
             assert [turn.text for turn in episode.turns] == [PARROT_REPLY] * 3
         accepted = sum(
@@ -129,7 +129,7 @@ async def test_vllm_oracle_stop(parrot_engine) -> None:
     loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
     right = [new_episode(q, reference="7", grader="gsm8k") for q in QUESTIONS[:4]]
     wrong = [new_episode(q, reference="8", grader="gsm8k") for q in QUESTIONS[4:8]]
-    config = LoopConfig(max_turns=3, oracle=True, sampling=SamplingConfig(0.0, 1.0, 40))
+    config = RequestPlan(max_turns=3, stop_on_correct=True, temperature=0.0, max_tokens=40)
     await loop.run(right + wrong, config)
     for episode in right:
         assert episode.answers == ["7"] and episode.stop_reason is StopReason.ORACLE
@@ -142,7 +142,7 @@ async def test_vllm_oracle_stop(parrot_engine) -> None:
 async def test_vllm_convergence_stop(parrot_engine) -> None:
     loop = TurnLoop(parrot_engine, ChatRenderer(parrot_engine.tokenizer))
     episodes = [new_episode(q, grader="gsm8k") for q in QUESTIONS[:8]]
-    config = LoopConfig(max_turns=5, converge_k=2, sampling=SamplingConfig(0.0, 1.0, 40))
+    config = RequestPlan(max_turns=5, converge_k=2, temperature=0.0, max_tokens=40)
     await loop.run(episodes, config)
     for episode in episodes:
         assert episode.stop_reason is StopReason.CONVERGED and len(episode.turns) == 2
@@ -153,7 +153,7 @@ async def test_vllm_cancellation_aborts_engine_request(tiny_engine) -> None:
     loop = TurnLoop(tiny_engine, ChatRenderer(tiny_engine.tokenizer))
     episode = new_episode(QUESTIONS[0])
     # Long turns and a stop string the random model is unlikely to write soon.
-    config = LoopConfig(max_turns=5, sampling=SamplingConfig(0.0, 1.0, 3000))
+    config = RequestPlan(max_turns=5, temperature=0.0, max_tokens=3000)
     stream = loop.stream([episode], config)
     tokens = 0
     async for event in stream:

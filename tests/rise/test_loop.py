@@ -11,12 +11,12 @@ from rise.engine.base import GenerationChunk, PromptTooLongError, SamplingConfig
 from rise.episode import Outcome, StopReason
 from rise.loop import (
     EpisodeEvent,
-    LoopConfig,
     TokenEvent,
     TurnEvent,
     TurnLoop,
     new_episode,
 )
+from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
 from tests.scripted_engine import ScriptedEngineBase
 
@@ -104,7 +104,7 @@ def _loop(tokenizer, delay: float = 0.0) -> tuple[TurnLoop, ScriptedEngine]:
 async def test_loop_runs_fixed_turns_and_votes(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     episodes = [new_episode(q, grader="math") for q in SCRIPT]
-    await loop.run(episodes, LoopConfig(max_turns=5))
+    await loop.run(episodes, RequestPlan(max_turns=5))
     one, two, none = episodes
     assert [t.answer for t in one.turns] == ["3", "4", "4", "5", "4"]
     assert one.stop_reason is StopReason.MAX_TURNS and one.final_answer == "4"
@@ -118,12 +118,12 @@ async def test_loop_pins_every_turn_to_its_session_root(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     episode = new_episode(next(iter(SCRIPT)), grader="math")
     episode.id = "conversation1.abc"
-    await loop.run([episode], LoopConfig(max_turns=3))
+    await loop.run([episode], RequestPlan(max_turns=3))
     assert engine.affinities == ["conversation1"] * 3
 
 
 async def test_loop_derives_a_seed_per_episode_and_turn(tiny_tokenizer) -> None:
-    config = LoopConfig(max_turns=2, sampling=SamplingConfig(seed=11))
+    config = RequestPlan(max_turns=2, seed=11)
     drawn = []
     for _ in range(2):
         loop, engine = _loop(tiny_tokenizer)
@@ -135,21 +135,21 @@ async def test_loop_derives_a_seed_per_episode_and_turn(tiny_tokenizer) -> None:
     expected = {derive_seed(11, position, turn) for position in (0, 1) for turn in (0, 1)}
     assert set(drawn[0]) == expected
     loop, engine = _loop(tiny_tokenizer)
-    await loop.run([new_episode("Q-one")], LoopConfig(max_turns=2))
+    await loop.run([new_episode("Q-one")], RequestPlan(max_turns=2))
     assert [s.seed for _, _, s in engine.requests] == [None, None]
 
 
 async def test_loop_last_mode_takes_last_answer(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-two")
-    await loop.run([episode], LoopConfig(max_turns=5, answer_mode="last"))
+    await loop.run([episode], RequestPlan(max_turns=5, mode="last"))
     assert episode.final_answer == "9"
 
 
 async def test_loop_oracle_stops_at_first_correct(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-one", reference="4")
-    await loop.run([episode], LoopConfig(max_turns=5, oracle=True))
+    await loop.run([episode], RequestPlan(max_turns=5, stop_on_correct=True))
     assert len(episode.turns) == 2 and episode.stop_reason is StopReason.ORACLE
     assert [t.outcome for t in episode.turns] == [Outcome.WRONG, Outcome.CORRECT]
     assert episode.final_answer == "4"
@@ -158,7 +158,7 @@ async def test_loop_oracle_stops_at_first_correct(tiny_tokenizer) -> None:
 async def test_loop_oracle_without_success_runs_all_turns(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-none", reference="7")
-    await loop.run([episode], LoopConfig(max_turns=5, oracle=True))
+    await loop.run([episode], RequestPlan(max_turns=5, stop_on_correct=True))
     assert episode.stop_reason is StopReason.MAX_TURNS
     assert episode.turns[0].outcome is Outcome.UNPARSEABLE
     assert episode.turns[-1].outcome is Outcome.WRONG
@@ -167,18 +167,18 @@ async def test_loop_oracle_without_success_runs_all_turns(tiny_tokenizer) -> Non
 async def test_loop_convergence_stops_when_last_k_agree(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     one, two = new_episode("Q-one"), new_episode("Q-two")
-    await loop.run([one, two], LoopConfig(max_turns=5, converge_k=3))
+    await loop.run([one, two], RequestPlan(max_turns=5, converge_k=3))
     assert len(two.turns) == 4 and two.stop_reason is StopReason.CONVERGED
     assert len(one.turns) == 5 and one.stop_reason is StopReason.MAX_TURNS
     none = new_episode("Q-none")
-    await loop.run([none], LoopConfig(max_turns=5, converge_k=2))
+    await loop.run([none], RequestPlan(max_turns=5, converge_k=2))
     assert len(none.turns) == 5 and none.stop_reason is StopReason.CONVERGED
 
 
 async def test_loop_token_budget_caps_generation(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     episode = new_episode("Q-one")
-    await loop.run([episode], LoopConfig(max_turns=5, token_budget=12))
+    await loop.run([episode], RequestPlan(max_turns=5, token_budget=12))
     assert episode.output_tokens <= 12
     assert episode.stop_reason is StopReason.TOKEN_BUDGET
     assert engine.requests[-1][2].max_tokens == 12 - sum(
@@ -189,7 +189,7 @@ async def test_loop_token_budget_caps_generation(tiny_tokenizer) -> None:
 async def test_loop_context_window_drops_old_attempts(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer)
     episode = new_episode("Q-one")
-    await loop.run([episode], LoopConfig(max_turns=4, context_window=1))
+    await loop.run([episode], RequestPlan(max_turns=4, context_window=1))
     last_prompt = tiny_tokenizer.decode(engine.requests[-1][1])
     assert last_prompt.count("<|im_start|>assistant") == 2  # one kept attempt + the new turn
     assert "\\boxed{4}" in last_prompt and "\\boxed{3}" not in last_prompt
@@ -198,7 +198,7 @@ async def test_loop_context_window_drops_old_attempts(tiny_tokenizer) -> None:
 async def test_loop_stream_emits_tokens_turns_then_episode(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-two")
-    events = [e async for e in loop.stream([episode], LoopConfig(max_turns=2))]
+    events = [e async for e in loop.stream([episode], RequestPlan(max_turns=2))]
     kinds = [type(e).__name__ for e in events]
     assert kinds[-1] == "EpisodeEvent" and kinds.count("TurnEvent") == 2
     first_turn_end = kinds.index("TurnEvent")
@@ -216,7 +216,7 @@ async def test_loop_asks_for_whole_outputs_unless_tokens_are_watched(tiny_tokeni
     first-token time; a token stream asks for deltas and times the first one itself."""
     loop, engine = _loop(tiny_tokenizer)
     quiet = [new_episode(q, grader="math") for q in SCRIPT]
-    await loop.run(quiet, LoopConfig(max_turns=3))
+    await loop.run(quiet, RequestPlan(max_turns=3))
     assert engine.streamed == [False] * 9
     assert [t.answer for t in quiet[0].turns] == ["3", "4", "4"]
     assert quiet[0].turns[1].text == "b \\boxed{4}" and quiet[0].turns[1].ended_with_eos
@@ -224,7 +224,7 @@ async def test_loop_asks_for_whole_outputs_unless_tokens_are_watched(tiny_tokeni
 
     loop, engine = _loop(tiny_tokenizer)
     watched = [new_episode(q, grader="math") for q in SCRIPT]
-    events = [e async for e in loop.stream(watched, LoopConfig(max_turns=3))]
+    events = [e async for e in loop.stream(watched, RequestPlan(max_turns=3))]
     assert engine.streamed == [True] * 9
     assert sum(isinstance(e, TokenEvent) for e in events) > 9
     texts = [[t.text for t in e.turns] for e in watched]
@@ -235,7 +235,7 @@ async def test_loop_asks_for_whole_outputs_unless_tokens_are_watched(tiny_tokeni
 async def test_loop_closing_stream_cancels_engine_requests(tiny_tokenizer) -> None:
     loop, engine = _loop(tiny_tokenizer, delay=0.01)
     episodes = [new_episode(q) for q in SCRIPT]
-    stream = loop.stream(episodes, LoopConfig(max_turns=5))
+    stream = loop.stream(episodes, RequestPlan(max_turns=5))
     async for event in stream:
         if isinstance(event, TokenEvent):
             break
@@ -255,13 +255,13 @@ async def test_loop_first_prompt_too_long_is_an_error(tiny_tokenizer) -> None:
 
     engine.generate = refuse  # type: ignore[method-assign]
     with pytest.raises(PromptTooLongError):
-        await loop.run([new_episode("Q-one")], LoopConfig(max_turns=2))
+        await loop.run([new_episode("Q-one")], RequestPlan(max_turns=2))
 
 
-def test_loop_config_rejects_bad_values() -> None:
+def test_plan_rejects_bad_loop_values() -> None:
     for bad in ({"max_turns": 0}, {"converge_k": 1}, {"context_window": 0}, {"token_budget": 0}):
         with pytest.raises(ValueError):
-            LoopConfig(**bad)
+            RequestPlan(**bad)
     with pytest.raises(ValueError, match="unknown grader"):
         new_episode("q", grader="nope")
 
@@ -269,13 +269,13 @@ def test_loop_config_rejects_bad_values() -> None:
 async def test_loop_max_turns_counts_the_turns_of_this_run(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-one")
-    await loop.run([episode], LoopConfig(max_turns=2))
+    await loop.run([episode], RequestPlan(max_turns=2))
     # A continued episode takes max_turns more (one meaning of max_turns: this run's turns).
-    await loop.run([episode], LoopConfig(max_turns=2, answer_mode="last"))
+    await loop.run([episode], RequestPlan(max_turns=2, mode="last"))
     assert [t.answer for t in episode.turns] == ["3", "4", "4", "5"]
     assert episode.stop_reason is StopReason.MAX_TURNS and episode.final_answer == "5"
     before = episode.output_tokens
-    await loop.run([episode], LoopConfig(max_turns=5, token_budget=4))
+    await loop.run([episode], RequestPlan(max_turns=5, token_budget=4))
     assert len(episode.turns) == 5 and episode.output_tokens - before <= 4
     assert episode.stop_reason is StopReason.TOKEN_BUDGET
 
@@ -283,7 +283,7 @@ async def test_loop_max_turns_counts_the_turns_of_this_run(tiny_tokenizer) -> No
 async def test_loop_episode_event_carries_the_final_answer_rule(tiny_tokenizer) -> None:
     loop, _ = _loop(tiny_tokenizer)
     episode = new_episode("Q-one", reference="5")
-    config = LoopConfig(max_turns=5, answer_mode="oracle")  # graded, but no oracle stop
+    config = RequestPlan(max_turns=5, mode="oracle")  # graded, but no oracle stop
     events = [e async for e in loop.stream([episode], config)]
     final = events[-1]
     assert isinstance(final, EpisodeEvent) and len(episode.turns) == 5
@@ -291,6 +291,6 @@ async def test_loop_episode_event_carries_the_final_answer_rule(tiny_tokenizer) 
     assert final.vote.winner == "4" and final.vote is final.final.vote
     # The stop rule and the answer rule are separate: stop at the oracle, answer by vote.
     stopped = new_episode("Q-one", reference="5")
-    await loop.run([stopped], LoopConfig(max_turns=5, oracle=True))
+    await loop.run([stopped], RequestPlan(max_turns=5, stop_on_correct=True))
     assert stopped.stop_reason is StopReason.ORACLE and stopped.answers == ["3", "4", "4", "5"]
     assert stopped.final_answer == "4"

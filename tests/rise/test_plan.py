@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rise.engine.base import SamplingConfig
-from rise.loop import LoopConfig, new_episode
+from rise.loop import new_episode
 from rise.plan import (
     CLI_PLAN,
     CONTINUE_TURNS,
@@ -27,7 +27,7 @@ def test_plan_defaults_are_the_engine_contracts_and_one_max_turns() -> None:
         engine.max_tokens,
     )
     assert DEFAULT_MAX_TOKENS == 512 and plan.max_turns == DEFAULT_MAX_TURNS == 5
-    assert LoopConfig().max_turns == DEFAULT_MAX_TURNS and CONTINUE_TURNS == 1
+    assert CONTINUE_TURNS == 1
     assert (plan.mode, plan.n, plan.stop_on_correct, plan.converge_k) == ("vote", 1, False, None)
     assert CLI_PLAN.updated(temperature=None) == CLI_PLAN  # the CLI's preset, declared here
 
@@ -96,7 +96,7 @@ def test_options_round_trip_and_legacy_sessions() -> None:
     assert not RequestPlan.from_options({**legacy, "mode": "vote"}).stop_on_correct
 
 
-def test_loop_config_and_sampling_carry_every_field() -> None:
+def test_sampling_carries_every_field() -> None:
     plan = RequestPlan(
         max_turns=4,
         mode="oracle",
@@ -112,13 +112,3 @@ def test_loop_config_and_sampling_carry_every_field() -> None:
     )
     sampling = SamplingConfig(temperature=0.5, top_p=0.9, max_tokens=32, seed=7, stop=("\n",))
     assert plan.sampling() == sampling
-    assert plan.loop_config(stream_tokens=False) == LoopConfig(
-        max_turns=4,
-        oracle=True,
-        converge_k=2,
-        token_budget=99,
-        context_window=1,
-        answer_mode="oracle",
-        sampling=sampling,
-        stream_tokens=False,
-    )
