@@ -9,6 +9,7 @@ back without loss, so the service can persist sessions and the trainer can write
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -44,6 +45,47 @@ class StopReason(StrEnum):
     ERROR = "error"
 
 
+class Verdict(StrEnum):
+    """What a provider knows about an attempt."""
+
+    CORRECT = "correct"
+    INCORRECT = "incorrect"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A provider's judgement of one turn: the message the next turn answers, and a verdict."""
+
+    provider: str
+    verdict: Verdict
+    message: str  # the next turn's user message
+    slips: tuple[str, ...] = ()  # the calculator's wrong statements ("12 x 6 = 72, not 62")
+    error: str | None = None  # a verifier that failed: timeout | unreachable | status | malformed
+    latency_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "verdict": self.verdict.value,
+            "message": self.message,
+            "slips": list(self.slips),
+            "error": self.error,
+            "latency_s": self.latency_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Feedback:
+        return cls(
+            provider=str(data["provider"]),
+            verdict=Verdict(data["verdict"]),
+            message=str(data["message"]),
+            slips=tuple(data.get("slips") or ()),
+            error=data.get("error"),
+            latency_s=float(data.get("latency_s") or 0.0),
+        )
+
+
 @dataclass
 class Turn:
     """One action a_t of the MDP, with everything needed to replay, grade, bill and train on it."""
@@ -60,6 +102,7 @@ class Turn:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     latency_s: float = 0.0  # submit → last token
     first_token_s: float | None = None  # submit → first token
+    feedback: Feedback | None = None  # the plan's provider on this turn (rise.feedback)
 
     @property
     def prompt_tokens(self) -> int:
@@ -81,6 +124,7 @@ class Turn:
         data["prompt_ids"] = list(self.prompt_ids)
         data["output_ids"] = list(self.output_ids)
         data["outcome"] = None if self.outcome is None else self.outcome.value
+        data["feedback"] = None if self.feedback is None else self.feedback.to_dict()
         return data
 
     @classmethod
@@ -89,6 +133,8 @@ class Turn:
         kwargs = {k: v for k, v in data.items() if k in known}
         if kwargs.get("outcome") is not None:
             kwargs["outcome"] = Outcome(kwargs["outcome"])
+        if kwargs.get("feedback") is not None:
+            kwargs["feedback"] = Feedback.from_dict(kwargs["feedback"])
         return cls(**kwargs)
 
 

@@ -11,7 +11,9 @@ ends — and closing the stream (or cancelling its consumer) cancels every runni
 aborts its engine request.
 
 The loop runs a :class:`~rise.plan.RequestPlan` as it is: its turns, stop rules, context window,
-answer rule and sampling (``n`` is the caller's: one episode each). A run may start from an
+feedback, answer rule and sampling (``n`` is the caller's: one episode each). After every turn
+the plan's feedback provider (:mod:`rise.feedback`) judges it; the verdict stays on the turn and
+its message is the next turn's user message. A run may start from an
 episode that already has turns (a continued session): ``max_turns`` and ``token_budget`` count
 the turns and tokens of this run. The final answer is :func:`rise.voting.final_answer`'s.
 """
@@ -26,7 +28,8 @@ from dataclasses import dataclass, replace
 from rise.affinity import new_root, session_root
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig
-from rise.episode import Episode, Outcome, StopReason, Turn
+from rise.episode import Episode, Outcome, StopReason, Turn, Verdict
+from rise.feedback import Attempt, FeedbackProviders
 from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
 from rise.voting import FinalAnswer, Vote, final_answer
@@ -85,7 +88,7 @@ def stop_reason(episode: Episode, plan: RequestPlan, start: int = 0) -> StopReas
     count from there).
     """
     turns = episode.turns
-    if turns and plan.stop_on_correct and turns[-1].outcome is Outcome.CORRECT:
+    if turns and plan.stop_on_correct and known_correct(turns[-1]):
         return StopReason.ORACLE
     if plan.converge_k is not None and len(turns) >= plan.converge_k:
         recent = [turn.answer for turn in turns[-plan.converge_k :]]
@@ -102,6 +105,14 @@ def stop_reason(episode: Episode, plan: RequestPlan, start: int = 0) -> StopReas
     return None
 
 
+def known_correct(turn: Turn) -> bool:
+    """Graded correct against the reference, or judged correct by the feedback provider (the
+    oracle, or a verifier the deployment configured: the calculator never says so)."""
+    if turn.outcome is Outcome.CORRECT:
+        return True
+    return turn.feedback is not None and turn.feedback.verdict is Verdict.CORRECT
+
+
 def _run_tokens(episode: Episode, start: int) -> int:
     return sum(turn.output_tokens for turn in episode.turns[start:])
 
@@ -109,12 +120,16 @@ def _run_tokens(episode: Episode, start: int) -> int:
 class TurnLoop:
     """Runs RISE episodes on one engine with one renderer."""
 
-    def __init__(self, engine: Engine, renderer: ChatRenderer) -> None:
+    def __init__(
+        self, engine: Engine, renderer: ChatRenderer, feedback: FeedbackProviders | None = None
+    ) -> None:
         self.engine = engine
         self.renderer = renderer
+        self.feedback = feedback or FeedbackProviders()
 
     def user_message(self, episode: Episode, index: int) -> str:
-        """Turn 0 gets the first-turn prompt; every later turn the introspection prompt."""
+        """Turn 0 gets the first-turn prompt; a later turn the previous turn's feedback, or
+        RISE's introspection prompt where that turn has none (stored before feedback)."""
         if index == 0:
             first = episode.metadata.get("first_message")
             return (
@@ -122,7 +137,22 @@ class TurnLoop:
                 if first is not None
                 else self.renderer.prompts.first_user_message(episode.question)
             )
+        previous = episode.turns[index - 1] if index - 1 < len(episode.turns) else None
+        if previous is not None and previous.feedback is not None:
+            return previous.feedback.message
         return self.renderer.prompts.introspection_message(episode.question)
+
+    async def judge(self, episode: Episode, turn: Turn, provider: str) -> None:
+        """Set ``turn.feedback``: the named provider's judgement of the turn."""
+        attempt = Attempt(
+            question=episode.question,
+            text=turn.text,
+            answer=turn.answer,
+            turn=turn.index,
+            reference=episode.reference,
+            outcome=turn.outcome,
+        )
+        turn.feedback = await self.feedback.get(provider).judge(attempt, self.renderer.prompts)
 
     async def take_turn(
         self,
@@ -215,6 +245,7 @@ class TurnLoop:
                         raise  # the question itself does not fit: the caller's error
                     reason = StopReason.CONTEXT_FULL
                     break
+                await self.judge(episode, turn, plan.feedback)
                 episode.turns.append(turn)
                 emit(TurnEvent(episode.id, turn))
         except asyncio.CancelledError:

@@ -18,8 +18,10 @@ is all of its turns; a continued session takes that many more on top of the ones
 does ``token_budget``).
 
 The answer rule (``mode``, see :func:`rise.voting.final_answer`) and the stop rules
-(``stop_on_correct`` — the oracle —, ``converge_k``, ``token_budget``) are separate fields; the
-APIs' single ``mode`` field sets both for ``oracle`` (:func:`mode_rules`).
+(``stop_on_correct`` — the oracle, or a verifier's "correct" —, ``converge_k``, ``token_budget``)
+are separate fields; the APIs' single ``mode`` field sets both for ``oracle`` (:func:`mode_rules`).
+``feedback`` names what the introspection turn says (:mod:`rise.feedback`): ``fixed`` (RISE's
+prompt), ``oracle``, ``calculator``, or a verifier the deployment configured.
 
 Defaults live here and nowhere else: a plan field's default is the default of every surface.
 The service caps ``max_tokens`` at its ``RISE_MAX_TOKENS`` and takes ``max_turns`` from
@@ -37,10 +39,16 @@ from typing import TYPE_CHECKING, Any
 from rise.engine.base import SamplingConfig
 from rise.voting import ANSWER_MODES, AnswerMode
 
+FIXED_FEEDBACK, ORACLE_FEEDBACK, CALCULATOR_FEEDBACK = "fixed", "oracle", "calculator"
+BUILTIN_FEEDBACK = (FIXED_FEEDBACK, ORACLE_FEEDBACK, CALCULATOR_FEEDBACK)
+"""The feedback providers every deployment has (rise.feedback; the names are owned here so the
+plan can check them without importing the providers)."""
+
 if TYPE_CHECKING:
     from rise.episode import Episode
 
 __all__ = [
+    "BUILTIN_FEEDBACK",
     "CLI_PLAN",
     "CONTINUE_TURNS",
     "DEFAULT_MAX_TOKENS",
@@ -75,6 +83,7 @@ class PlanLimits:
     max_turns: int
     max_tokens: int
     n: int
+    feedback: tuple[str, ...] = BUILTIN_FEEDBACK  # the providers offered (+ its verifiers)
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class RequestPlan:
     token_budget: int | None = None  # generated tokens of this run, all turns together
     # -- what the model sees
     context_window: int | None = None  # keep the last k attempts; None keeps every turn
+    feedback: str = FIXED_FEEDBACK  # what the introspection turn says (rise.feedback)
     # -- sampling, per turn
     temperature: float = _ENGINE.temperature
     top_p: float = _ENGINE.top_p
@@ -108,6 +118,7 @@ class RequestPlan:
             ("converge_k", self.converge_k is None or self.converge_k >= 2, "must be >= 2"),
             ("token_budget", self.token_budget is None or self.token_budget >= 1, "must be >= 1"),
             ("context_window", self.context_window is None or self.context_window >= 1, ">= 1"),
+            ("feedback", bool(self.feedback), "must name a feedback provider"),
             ("temperature", self.temperature >= 0, "must be >= 0"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("max_tokens", self.max_tokens >= 1, "must be at least 1"),
@@ -151,8 +162,11 @@ class RequestPlan:
 
     @property
     def needs_reference(self) -> bool:
-        """Whether turns must be graded: the oracle answer rule or stop rule."""
-        return self.mode == "oracle" or self.stop_on_correct
+        """Whether turns must be graded against a reference: the oracle answer rule or
+        feedback, or stopping at a correct turn with no verifier to say so."""
+        if self.mode == "oracle" or self.feedback == ORACLE_FEEDBACK:
+            return True
+        return self.stop_on_correct and self.feedback in BUILTIN_FEEDBACK
 
     def check(self, limits: PlanLimits, episodes: Iterable[Episode] = ()) -> None:
         """Raise :class:`PlanError` beyond the deployment's bounds or without a needed reference."""
@@ -160,6 +174,10 @@ class RequestPlan:
             value, limit = getattr(self, name), getattr(limits, name)
             if value > limit:
                 raise PlanError(f"{name} must be at most {limit} here (got {value})", name)
+        if self.feedback not in limits.feedback:
+            offered = ", ".join(limits.feedback)
+            raise PlanError(f"feedback must be one of {offered} here (got {self.feedback!r})",
+                            "feedback")  # fmt: skip
         if self.needs_reference and any(e.reference is None for e in episodes):
             raise PlanError(f"mode {self.mode!r} needs a reference answer", "reference")
 

@@ -1,8 +1,9 @@
 """The prompt as configuration: prompt files, the one a checkpoint carries, and which one wins.
 
 A prompt file holds a :class:`~rise.prompts.PromptConfig` as JSON (or YAML, with PyYAML
-installed): ``first_turn``, ``introspection``, ``system`` and ``demonstrations`` (a list of
-``[question, response]`` pairs); a missing key keeps the paper's default. It is exactly
+installed): ``first_turn``, ``introspection``, ``system``, ``demonstrations`` (a list of
+``[question, response]`` pairs) and the feedback providers' wording (``feedback_slips``,
+``feedback_verifier``, ``feedback_correct``); a missing key keeps the default. It is exactly
 ``dataclasses.asdict(PromptConfig)``, so what training writes is what this reads.
 
 Training writes :data:`PROMPT_FILE` into every checkpoint folder; whoever serves or evaluates
@@ -59,7 +60,13 @@ def prompts_from_dict(data: Any, source: str = "prompts") -> PromptConfig:
     if unknown:
         raise ValueError(f"{source}: unknown prompt fields {unknown}; expected {sorted(known)}")
     values: dict[str, Any] = {}
-    for name in ("first_turn", "introspection"):
+    for name in (
+        "first_turn",
+        "introspection",
+        "feedback_slips",
+        "feedback_verifier",
+        "feedback_correct",
+    ):
         if name in data:
             if not isinstance(data[name], str) or not data[name].strip():
                 raise ValueError(f"{source}: {name} must be a non-empty string")

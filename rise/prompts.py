@@ -30,14 +30,29 @@ FIRST_TURN_TEMPLATE = (
 INTROSPECTION_TEMPLATE = (
     "The answer is incorrect. Please try again. Here's the question: {question}"
 )
+# The feedback providers' wording (rise/feedback): what follows an attempt when a provider knows
+# more than RISE's fixed prompt says. {slips}: the calculator's wrong statements, "12 x 6 = 72,
+# not 62; ..."; {message}: a verifier's own words.
+FEEDBACK_SLIPS_TEMPLATE = (
+    "The answer is incorrect. Check your arithmetic: {slips}. Please try again. "
+    "Here's the question: {question}"
+)
+FEEDBACK_VERIFIER_TEMPLATE = "{message} Please try again. Here's the question: {question}"
+FEEDBACK_CORRECT_TEMPLATE = (
+    "The answer is correct. Please check it once more. Here's the question: {question}"
+)
 
 _SENTINEL = "\u2063RISE-SENTINEL\u2063"
 _CONTINUATION_CACHE = 4096  # continuation renders a ChatRenderer remembers
 
 
-def fill(template: str, question: str) -> str:
-    """Substitute ``{question}`` only, so braces elsewhere (``\\boxed{}``) need no escaping."""
-    return template.replace("{question}", question)
+def fill(template: str, question: str, **fields: str) -> str:
+    """Substitute ``{question}`` (and any ``fields``) only, so braces elsewhere (``\\boxed{}``)
+    need no escaping."""
+    text = template
+    for name, value in fields.items():
+        text = text.replace("{" + name + "}", value)
+    return text.replace("{question}", question)
 
 
 @dataclass(frozen=True)
@@ -49,12 +64,27 @@ class PromptConfig:
     system: str | None = None
     # One-shot demonstrations as (question, response) pairs; off by default for instruct models.
     demonstrations: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    # What feedback providers say (rise/feedback): after an attempt with arithmetic slips, in a
+    # verifier's words, and after an attempt known to be right (the loop went on anyway). A
+    # wrong attempt with nothing more to say gets ``introspection``.
+    feedback_slips: str = FEEDBACK_SLIPS_TEMPLATE
+    feedback_verifier: str = FEEDBACK_VERIFIER_TEMPLATE
+    feedback_correct: str = FEEDBACK_CORRECT_TEMPLATE
 
     def first_user_message(self, question: str) -> str:
         return fill(self.first_turn, question)
 
     def introspection_message(self, question: str) -> str:
         return fill(self.introspection, question)
+
+    def slips_message(self, question: str, slips: str) -> str:
+        return fill(self.feedback_slips, question, slips=slips)
+
+    def verifier_message(self, question: str, message: str) -> str:
+        return fill(self.feedback_verifier, question, message=message)
+
+    def correct_message(self, question: str) -> str:
+        return fill(self.feedback_correct, question)
 
     def context(self) -> list[Message]:
         """Messages placed before the first user turn: system prompt and demonstrations."""
