@@ -23,7 +23,7 @@ A request that cannot run raises :class:`~rise.plan.PlanError` (beyond the deplo
 bounds, oracle without a reference) or :class:`~rise.engine.base.PromptTooLongError`; session
 errors are :class:`~app.errors.NotFound` / :class:`~app.errors.Conflict` with codes
 ``session_not_found`` / ``session_busy``. None of them names a request field: the API layer does
-(:func:`app.api.common.wire_errors`).
+(:func:`app.errors.named_errors`).
 """
 
 from __future__ import annotations

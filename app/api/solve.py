@@ -20,11 +20,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from app.api.common import (
+from app.api.protocol import (
     ERROR_RESPONSES,
-    SESSION_HEADER,
     GraderName,
-    Params,
     Question,
     Seed,
     StrictRequest,
@@ -32,25 +30,25 @@ from app.api.common import (
     TurnPublic,
     Usage,
     VotePublic,
-    check_session_header,
     episode_from_messages,
-    question_episode,
-    request_root,
-    respond,
-    sse,
-    stream_error,
     turn_public,
     usage_of,
     vote_public,
-    wire_errors,
+)
+from app.api.responding import (
+    SESSION_HEADER,
+    check_session_header,
+    request_root,
+    respond,
+    sse,
 )
 from app.auth import Owner
 from app.deps import ServiceDep
-from app.errors import InvalidRequest
+from app.errors import FieldNames, InvalidRequest, named_errors, stream_error
 from app.service import ServiceEvent, SolveJob, SolveResult, SolveService, Started
 from app.sessions import Session
 from rise.affinity import SESSION_ID_MAX_LENGTH, SESSION_ID_REGEX, session_root
-from rise.loop import TokenEvent, TurnEvent
+from rise.loop import TokenEvent, TurnEvent, new_episode
 from rise.plan import CONTINUE_TURNS, RequestPlan, mode_rules
 from rise.voting import AnswerMode, final_answer
 
@@ -153,14 +151,14 @@ class SessionPublic(BaseModel):
 # ---- translation: request → plan and episode ---------------------------------------------------
 
 # Service terms → this surface's fields; a plan field not listed is named as it is.
-_PARAMS: Params = {
+_PARAMS: FieldNames = {
     "session": "session_id",
     "stop_on_correct": "mode",
     "converge_k": "stop_on_convergence",
 }
 
 
-def _params(prompt: str = "question") -> Params:
+def _params(prompt: str = "question") -> FieldNames:
     return {**_PARAMS, "prompt": prompt}
 
 
@@ -204,7 +202,10 @@ async def solve_job(
         )
     grader = body.grader or service.settings.default_grader
     if body.question is not None:
-        episode = question_episode(service, body.question, body.reference, grader)
+        context = service.loop.renderer.prompts.context()
+        episode = new_episode(
+            body.question, reference=body.reference, grader=grader, context=context
+        )
     else:
         messages = [m.model_dump() for m in body.messages or []]
         episode = episode_from_messages(messages, body.reference, grader)
@@ -273,7 +274,7 @@ async def solve_events(
     events: AsyncIterator[ServiceEvent],
     plan: RequestPlan,
     model: str,
-    params: Params,
+    params: FieldNames,
     token_ids: bool = False,
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed solve (see the module docstring for the events)."""
@@ -294,7 +295,7 @@ async def solve_events(
 
 
 async def _respond(
-    request: Request, service: SolveService, job: SolveJob, body: TurnOptions, params: Params
+    request: Request, service: SolveService, job: SolveJob, body: TurnOptions, params: FieldNames
 ) -> Response:
     model, ids = service.model_name, body.return_token_ids
     return await respond(
@@ -324,7 +325,7 @@ async def solve(
 ) -> Response:
     """Answer a question over several self-correcting turns, or continue a session."""
     params = _params("messages" if body.messages is not None else "question")
-    with wire_errors(params):
+    with named_errors(params):
         job = await solve_job(body, service, owner, request)
         return await _respond(request, service, job, body, params)
 
@@ -334,7 +335,7 @@ async def get_session(
     session_id: SessionPath, response: Response, service: ServiceDep, owner: Owner
 ) -> SessionPublic:
     """A stored session: every turn, the vote, the conversation."""
-    with wire_errors(_PARAMS):
+    with named_errors(_PARAMS):
         session = session_public(await service.load(session_id, owner))
     response.headers[SESSION_HEADER] = session_root(session_id)
     return session
@@ -343,7 +344,7 @@ async def get_session(
 @router.delete("/sessions/{session_id}", status_code=204, responses=ERROR_RESPONSES)
 async def delete_session(session_id: SessionPath, service: ServiceDep, owner: Owner) -> Response:
     """Forget a session."""
-    with wire_errors(_PARAMS):
+    with named_errors(_PARAMS):
         await service.delete(session_id, owner)
     return Response(status_code=204)
 
@@ -362,7 +363,7 @@ async def add_turns(
 ) -> Response:
     """Run more turns on a stored session, continuing from its exact token ids."""
     params = _params("messages")
-    with wire_errors(params):
+    with named_errors(params):
         check_session_header(request, session_id)
         session = await service.load(session_id, owner)
         job = service.continue_job(session, continued_plan(session, body), reference=body.reference)
