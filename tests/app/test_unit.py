@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.openai import parse_model
+from app.api.solve import ContinueRequest, SolveRequest
 from app.errors import (
     Conflict,
     EngineUnavailable,
@@ -146,6 +147,18 @@ def test_each_error_maps_to_one_json_shape(error: Exception, status: int, type_:
             assert response.headers[name] == value
     else:
         assert "boom" not in body["message"]  # internals stay in the log
+
+
+def test_a_solve_body_translates_itself_into_the_plan() -> None:
+    """``to_plan`` (as vLLM's ``to_sampling_params``): set options over the base, unset kept."""
+    base = RequestPlan(max_turns=4, temperature=0.3, max_tokens=64, converge_k=3, seed=9)
+    assert SolveRequest(question="q").to_plan(base) == base
+    plan = SolveRequest(question="q", max_turns=2, top_p=0.5, mode="oracle").to_plan(base)
+    assert (plan.max_turns, plan.top_p, plan.temperature, plan.seed) == (2, 0.5, 0.3, 9)
+    assert plan.mode == "oracle" and plan.stop_on_correct  # oracle: answer rule and stop rule
+    assert ContinueRequest(stop_on_convergence=False).to_plan(base).converge_k is None
+    assert ContinueRequest(stop_on_convergence=True).to_plan(base).converge_k == 2
+    assert ContinueRequest(mode="last").to_plan(plan).stop_on_correct is False
 
 
 def test_parse_model_prefixes() -> None:
