@@ -164,7 +164,7 @@ class SolveService:
         # The plan of a request that sets nothing: the plan's defaults within this deployment.
         self.defaults = RequestPlan(
             max_turns=settings.default_max_turns,
-            max_tokens=min(DEFAULT_MAX_TOKENS, settings.max_tokens),
+            max_tokens=min(DEFAULT_MAX_TOKENS, settings.token_limit),
         )
         self.admission = Admission(
             settings.max_concurrent_solves,

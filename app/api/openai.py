@@ -7,7 +7,7 @@ name) this is a plain chat model. RISE comes in through the model name (``rise-5
 it overrides the prefix). Each of the ``n`` choices is one episode (one session); its message
 is the response of the turn :func:`rise.voting.final_answer` chose, and every turn is in the
 choice's ``rise`` field. Sampling options left unset take the service's defaults, the same as
-``/solve``'s (512 tokens per turn, at most ``RISE_MAX_TOKENS``).
+``/solve``'s (512 tokens per turn, at most ``RISE_TOKEN_LIMIT``).
 
 With more than one turn, the turns are the model's visible thinking: they stream live as
 ``delta.reasoning_content`` (the field vLLM uses for reasoning models, which chat UIs such as

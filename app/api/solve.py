@@ -79,7 +79,7 @@ class SamplingOptions(StrictRequest):
     temperature: float | None = Field(None, ge=0, le=2, description="Default 1.0; 0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Default 1.0.")
     max_tokens: int | None = Field(
-        None, ge=1, description="Tokens per turn (default 512, at most RISE_MAX_TOKENS)."
+        None, ge=1, description="Tokens per turn (default 512, at most RISE_TOKEN_LIMIT)."
     )
     seed: Seed | None = Field(None, description="Per-request seed (GPU engines; ignored on CPU).")
 
