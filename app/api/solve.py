@@ -330,8 +330,10 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def solve(
     body: SolveRequest, request: Request, service: ServiceDep, owner: Owner
 ) -> Response:
-    """Answer a question over several self-correcting turns (with `session_id`: more turns on
-    that session, an alias of `POST /sessions/{session_id}/turns`)."""
+    """Answer a question over several self-correcting turns.
+
+    With `session_id`: more turns on that session, an alias of `POST /sessions/{session_id}/turns`.
+    """
     if body.session_id is not None:
         return await _more_turns(body.session_id, body, request, service, owner)
     with named_errors(body.field_names()):
