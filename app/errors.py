@@ -7,14 +7,20 @@ JSON, wrong types, out-of-range values) and Starlette's HTTP exceptions (404 rou
 mapped into the same shape by handlers registered once in :func:`install_error_handlers`.
 Inside an SSE stream the same body is sent as the final event (:func:`error_body`).
 
-``param`` names a field of the client's request, which only the API layer knows: it translates
-the core's plan and prompt errors (:func:`app.api.common.wire_errors`). Should one escape it,
-the handlers here still answer 400, naming the plan field.
+``param`` names a field of the client's request. The core raises
+:class:`~rise.plan.PlanError` and :class:`~rise.engine.base.PromptTooLongError`, and the service
+its session errors, without naming a JSON field (they speak plans, not wire formats); only a
+route knows which field of its request a plan field came from. So each route hands its table
+(:data:`FieldNames`, service term → request field) to :func:`named_errors`, which names the
+errors raised inside it, and a stream names its final error with :func:`stream_error`. Should
+a core error escape that, the handlers here still answer 400, naming the plan field.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,6 +113,50 @@ def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+# ---- errors in the request's terms -------------------------------------------------------------
+
+FieldNames = Mapping[str, str | None]
+"""A route's table: service term (a plan field, ``prompt``, ``session``) -> its request's field."""
+_SESSION_CODES = ("session_not_found", "session_busy")
+
+
+def name_error(error: BaseException, names: FieldNames) -> BaseException:
+    """``error`` as the client sees it: naming the field of its own request."""
+    if isinstance(error, PlanError):
+        return InvalidRequest(str(error), param=names.get(error.field, error.field))
+    if isinstance(error, PromptTooLongError):
+        code = "context_length_exceeded"
+        return InvalidRequest(str(error), param=names.get("prompt"), code=code)
+    if isinstance(error, ServiceError) and error.param is None and error.code in _SESSION_CODES:
+        error.param = names.get("session")
+    return error
+
+
+@contextmanager
+def named_errors(names: FieldNames) -> Iterator[None]:
+    """Around a route: the core's and the service's errors raised inside name request fields."""
+    try:
+        yield
+    except (PlanError, PromptTooLongError, ServiceError) as error:
+        named = name_error(error, names)
+        if named is error:
+            raise
+        raise named from error
+
+
+def stream_error(error: Exception, names: FieldNames) -> dict[str, Any]:
+    """The body of an error ending a stream, named as :func:`named_errors` would (internals
+    stay in the log)."""
+    named = name_error(error, names)
+    if isinstance(named, ServiceError):
+        return named.body()
+    logger.error("stream failed", exc_info=error)
+    return error_body("internal server error", "internal_error")
+
+
+# ---- the handlers --------------------------------------------------------------------------------
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:

@@ -127,10 +127,10 @@ def create_app(
     for router in (solve.router, openai.router, ops.router, ui.router):
         app.include_router(router)
 
-    limits = {
-        "max_turns": settings.max_turns,
-        "max_tokens": settings.max_tokens,
-        "max_completion_tokens": settings.max_tokens,
+    limits = {  # request field -> the deployment's bound on it
+        "max_turns": settings.turn_limit,
+        "max_tokens": settings.token_limit,
+        "max_completion_tokens": settings.token_limit,
         "n": settings.max_choices,
     }
 

@@ -1,9 +1,11 @@
 """SolveService: runs request plans on episodes — admission, the turn loop, persistence.
 
 The service speaks in plans and episodes, never in a wire format: the API layer (``app/api/``)
-translates a request into a :class:`SolveJob` — a :class:`~rise.plan.RequestPlan` and the
-sessions it runs on (new episodes, or one stored session to continue) — and the results back
-into its own response. :meth:`SolveService.run` drives a job:
+translates a request into a :class:`~rise.plan.RequestPlan` and episodes, or into the options a
+stored session's plan takes, and makes one call for a :class:`SolveJob` — the plan and the
+sessions it runs on (:meth:`SolveService.new_job` for new episodes,
+:meth:`SolveService.continue_job` for a stored session); it translates the results back into its
+own response. :meth:`SolveService.run` drives a job:
 
 1. admission: at most ``max_concurrent_solves`` run, ``max_queued_solves`` wait, the rest get
    429 with ``Retry-After``;
@@ -23,7 +25,7 @@ A request that cannot run raises :class:`~rise.plan.PlanError` (beyond the deplo
 bounds, oracle without a reference) or :class:`~rise.engine.base.PromptTooLongError`; session
 errors are :class:`~app.errors.NotFound` / :class:`~app.errors.Conflict` with codes
 ``session_not_found`` / ``session_busy``. None of them names a request field: the API layer does
-(:func:`app.api.common.wire_errors`).
+(:func:`app.errors.named_errors`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.errors import (
@@ -51,7 +53,7 @@ from rise.affinity import new_session_ids
 from rise.engine.base import Engine, EngineError, PromptTooLongError
 from rise.episode import Episode, StopReason
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, stop_reason
-from rise.plan import DEFAULT_MAX_TOKENS, RequestPlan
+from rise.plan import CONTINUE_TURNS, DEFAULT_MAX_TOKENS, RequestPlan
 from rise.prompt_file import ActivePrompts
 from rise.prompts import ChatRenderer, PromptConfig
 from rise.voting import FinalAnswer, final_answer
@@ -162,7 +164,7 @@ class SolveService:
         # The plan of a request that sets nothing: the plan's defaults within this deployment.
         self.defaults = RequestPlan(
             max_turns=settings.default_max_turns,
-            max_tokens=min(DEFAULT_MAX_TOKENS, settings.max_tokens),
+            max_tokens=min(DEFAULT_MAX_TOKENS, settings.token_limit),
         )
         self.admission = Admission(
             settings.max_concurrent_solves,
@@ -202,10 +204,24 @@ class SolveService:
         sessions = tuple(Session(e, owner=owner, plan=plan) for e in episodes)
         return SolveJob(plan, sessions)
 
-    def continue_job(
-        self, session: Session, plan: RequestPlan, *, reference: str | None = None
+    async def continue_job(
+        self,
+        session_id: str,
+        owner: str | None,
+        options: Callable[[RequestPlan], RequestPlan],
+        *,
+        reference: str | None = None,
     ) -> SolveJob:
-        """More turns on a loaded session under ``plan``; ``reference`` sets or replaces its own."""
+        """More turns on a stored session; ``reference`` sets or replaces its own.
+
+        The plan is the session's own, for :data:`~rise.plan.CONTINUE_TURNS` turns of its one
+        episode, with the request's ``options`` applied to it (a surface's translation, such as
+        ``ContinueRequest.to_plan``): only the service holds the session, so the request's
+        options come as that function rather than as a finished plan.
+        Raises NotFound (unknown or foreign session) or PlanError.
+        """
+        session = await self.load(session_id, owner)
+        plan = options(replace(session.plan, max_turns=CONTINUE_TURNS, n=1))
         if reference is not None:
             session.episode.reference = reference
         plan.check(self.limits, [session.episode])

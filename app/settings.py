@@ -2,19 +2,30 @@
 
 This class is the single source of truth for the service's port and every ``RISE_*`` variable;
 the Docker and Kubernetes files are checked against it by the deployment tests.
+
+The deployment's upper bounds on a request are named as bounds (``RISE_TURN_LIMIT``,
+``RISE_TOKEN_LIMIT``), because a request's ``max_turns`` and ``max_tokens`` are the values it
+runs with: under the same names, a bound read as the value a request gets. The old names
+(``RISE_MAX_TURNS``, ``RISE_MAX_TOKENS``) are still read, each with a deprecation warning in the
+log (:class:`RenamedEnv`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from rise.answers import GRADER_NAMES
 from rise.engine.config import EngineSettings
 from rise.plan import DEFAULT_MAX_TURNS, PlanLimits
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
 
@@ -35,13 +46,22 @@ class Settings(EngineSettings):
         default_factory=list,
         description="Accepted Bearer keys, comma separated; empty = no authentication.",
     )
-    max_turns: int = Field(10, ge=1, le=50, description="Upper bound on turns per request.")
+    turn_limit: int = Field(
+        10,
+        ge=1,
+        le=50,
+        description="Upper bound on a request's max_turns (formerly RISE_MAX_TURNS).",
+    )
     default_max_turns: int = Field(
         DEFAULT_MAX_TURNS,
         ge=1,
         description="Turns of a new /solve, and N of rise-N/ in /v1/models.",
     )
-    max_tokens: int = Field(1024, ge=1, description="Upper bound on tokens per turn.")
+    token_limit: int = Field(
+        1024,
+        ge=1,
+        description="Upper bound on a request's max_tokens, per turn (formerly RISE_MAX_TOKENS).",
+    )
     max_concurrent_solves: int = Field(32, ge=1, description="Solves running at once.")
     max_queued_solves: int = Field(64, ge=0, description="Solves waiting beyond those; then 429.")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
@@ -81,7 +101,23 @@ class Settings(EngineSettings):
 
     def plan_limits(self) -> PlanLimits:
         """The bounds every request plan is checked against."""
-        return PlanLimits(max_turns=self.max_turns, max_tokens=self.max_tokens, n=self.max_choices)
+        return PlanLimits(
+            max_turns=self.turn_limit, max_tokens=self.token_limit, n=self.max_choices
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """pydantic-settings' sources, with the renamed variables read just after the new ones
+        (so a new name, or an argument, wins over an old one)."""
+        renamed = RenamedEnv(settings_cls, RENAMED)
+        return init_settings, env_settings, renamed, dotenv_settings, file_secret_settings
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -99,6 +135,42 @@ class Settings(EngineSettings):
 
     @model_validator(mode="after")
     def _check_turns(self) -> Settings:
-        if self.default_max_turns > self.max_turns:
-            raise ValueError("default_max_turns must not exceed max_turns")
+        if self.default_max_turns > self.turn_limit:
+            raise ValueError("default_max_turns must not exceed turn_limit")
         return self
+
+
+RENAMED = {"RISE_MAX_TURNS": "turn_limit", "RISE_MAX_TOKENS": "token_limit"}
+"""Deprecated environment variables -> the settings fields that replaced them."""
+
+
+class RenamedEnv(PydanticBaseSettingsSource):
+    """Environment variables under their old names, each read with a deprecation warning.
+
+    A renamed setting must not break a deployment that still sets the old name: its value is
+    used (unless the new name is set too, which wins) and the log says what to set instead.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], renamed: dict[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.renamed = renamed
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the old names itself
+
+    def __call__(self) -> dict[str, Any]:
+        prefix = str(self.config.get("env_prefix", ""))
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for old, field in self.renamed.items():
+            if old not in environ:
+                continue
+            new = f"{prefix}{field}".upper()
+            if new in environ:
+                logger.warning("%s is deprecated and ignored: %s is set", old, new)
+            else:
+                logger.warning(
+                    "%s is deprecated: set %s instead (the same bound, renamed)", old, new
+                )
+                values[field] = environ[old]
+        return values

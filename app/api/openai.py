@@ -7,7 +7,7 @@ name) this is a plain chat model. RISE comes in through the model name (``rise-5
 it overrides the prefix). Each of the ``n`` choices is one episode (one session); its message
 is the response of the turn :func:`rise.voting.final_answer` chose, and every turn is in the
 choice's ``rise`` field. Sampling options left unset take the service's defaults, the same as
-``/solve``'s (512 tokens per turn, at most ``RISE_MAX_TOKENS``).
+``/solve``'s (512 tokens per turn, at most ``RISE_TOKEN_LIMIT``).
 
 With more than one turn, the turns are the model's visible thinking: they stream live as
 ``delta.reasoning_content`` (the field vLLM uses for reasoning models, which chat UIs such as
@@ -41,10 +41,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.common import (
+from app.api.protocol import (
     ERROR_RESPONSES,
     GraderName,
-    Params,
     Question,
     Seed,
     StrictRequest,
@@ -53,17 +52,14 @@ from app.api.common import (
     VotePublic,
     episode_from_messages,
     on_request,
-    request_root,
-    respond,
-    stream_error,
     turn_public,
     usage_of,
     vote_public,
-    wire_errors,
 )
+from app.api.responding import request_root, respond
 from app.auth import Owner
 from app.deps import ServiceDep
-from app.errors import InvalidRequest, NotFound
+from app.errors import FieldNames, InvalidRequest, NotFound, named_errors, stream_error
 from app.service import ServiceEvent, SolveResult, SolveService, Started
 from rise.episode import Episode, Turn
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent
@@ -272,7 +268,7 @@ def request_plan(request: ChatCompletionRequest, defaults: RequestPlan, served: 
     )
 
 
-def request_params(request: ChatCompletionRequest) -> Params:
+def request_params(request: ChatCompletionRequest) -> FieldNames:
     """Service terms → the fields of this request (where a value came from)."""
     rise = request.rise
     return {
@@ -383,7 +379,7 @@ async def completion_chunks(
     plan: RequestPlan,
     model: str,
     include_usage: bool,
-    params: Params,
+    params: FieldNames,
     user_message: Callable[[Episode, int], str],
     token_ids: bool = False,
 ) -> AsyncIterator[str]:
@@ -496,7 +492,7 @@ async def create_chat_completion(
 ) -> Response:
     """OpenAI chat completions; the content is the chosen turn, all turns are in `rise`."""
     params = request_params(body)
-    with wire_errors(params):
+    with named_errors(params):
         _refuse_unsupported(body)
         plan = request_plan(body, service.defaults, service.model_name)
         plan.check(service.limits)  # before building n episodes

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from app.api.common import ERROR_RESPONSES
+from app.api.protocol import ERROR_RESPONSES
 from app.deps import ServiceDep
 
 

@@ -1,10 +1,20 @@
 """The RISE API proper: ``POST /solve`` and the session routes — protocol, translation, router.
 
 ``/solve`` takes a ``question`` (sent through RISE's first-turn prompt) or ``messages`` (sent
-as given; the last user message is the question the introspection prompt repeats), or a
-``session_id`` to continue. Options left unset take the service's defaults for a new solve and
-the session's own plan for a continuation (``max_turns`` then defaults to one more turn).
-``max_turns`` is always the number of turns this request runs.
+as given; the last user message is the question the introspection prompt repeats). Options
+left unset take the service's defaults. ``max_turns`` is always the number of turns this
+request runs.
+
+A session is continued one documented way: ``POST /sessions/{id}/turns``, whose unset options
+keep the session's own (``max_turns`` then defaults to one more turn). ``/solve`` with a
+``session_id`` is a thin alias of it, kept because clients use it (the tests, scripts that
+continue a ``/v1`` choice's session): it refuses what would restate the problem (``question``,
+``messages``, ``grader``) and then takes the same path.
+
+Shaped like the ``/v1`` handler (after vLLM's OpenAI server): the request model translates
+itself (:meth:`TurnOptions.to_plan`, as vLLM's ``to_sampling_params``, and
+:meth:`SolveRequest.to_episode`), the route makes one service call for the job and hands it to
+the one responder (:func:`_respond`).
 
 The SSE stream of a solve, in order: ``session`` (its id, sent before any token), ``token``
 (``{"turn", "text"}`` deltas), ``turn`` (a finished turn with its answer), and finally ``done``
@@ -20,11 +30,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
-from app.api.common import (
+from app.api.protocol import (
     ERROR_RESPONSES,
-    SESSION_HEADER,
     GraderName,
-    Params,
     Question,
     Seed,
     StrictRequest,
@@ -32,38 +40,46 @@ from app.api.common import (
     TurnPublic,
     Usage,
     VotePublic,
-    check_session_header,
     episode_from_messages,
-    question_episode,
-    request_root,
-    respond,
-    sse,
-    stream_error,
     turn_public,
     usage_of,
     vote_public,
-    wire_errors,
+)
+from app.api.responding import (
+    SESSION_HEADER,
+    check_session_header,
+    request_root,
+    respond,
+    sse,
 )
 from app.auth import Owner
 from app.deps import ServiceDep
-from app.errors import InvalidRequest
+from app.errors import FieldNames, InvalidRequest, named_errors, stream_error
 from app.service import ServiceEvent, SolveJob, SolveResult, SolveService, Started
 from app.sessions import Session
 from rise.affinity import SESSION_ID_MAX_LENGTH, SESSION_ID_REGEX, session_root
-from rise.loop import TokenEvent, TurnEvent
-from rise.plan import CONTINUE_TURNS, RequestPlan, mode_rules
+from rise.episode import Episode
+from rise.loop import TokenEvent, TurnEvent, new_episode
+from rise.plan import RequestPlan, mode_rules
+from rise.prompts import PromptConfig
 from rise.voting import AnswerMode, final_answer
 
-# ---- protocol ----------------------------------------------------------------------------------
+# ---- protocol: the wire models, each translating itself ------------------------------------------
 
 SessionId = Annotated[str, Field(pattern=f"^{SESSION_ID_REGEX}$")]
+# Service terms → this surface's fields; a plan field not listed is named as it is.
+_FIELD_NAMES: FieldNames = {
+    "session": "session_id",
+    "stop_on_correct": "mode",
+    "converge_k": "stop_on_convergence",
+}
 
 
 class SamplingOptions(StrictRequest):
     temperature: float | None = Field(None, ge=0, le=2, description="Default 1.0; 0 = greedy.")
     top_p: float | None = Field(None, gt=0, le=1, description="Default 1.0.")
     max_tokens: int | None = Field(
-        None, ge=1, description="Tokens per turn (default 512, at most RISE_MAX_TOKENS)."
+        None, ge=1, description="Tokens per turn (default 512, at most RISE_TOKEN_LIMIT)."
     )
     seed: Seed | None = Field(None, description="Per-request seed (GPU engines; ignored on CPU).")
 
@@ -92,6 +108,33 @@ class TurnOptions(SamplingOptions):
         "server for RL; vLLM's name), in the response and the stream's turn events.",
     )
 
+    def to_plan(self, base: RequestPlan) -> RequestPlan:
+        """``base`` with the options this body sets: the one translation of these fields.
+
+        ``base`` is the service's defaults for a new solve, or the session's plan for more
+        turns; an option left unset keeps ``base``'s value (as vLLM's ``to_sampling_params``
+        fills what a request leaves out from its defaults).
+        """
+        plan = base.updated(
+            max_turns=self.max_turns,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            context_window=self.context_window,
+            **mode_rules(self.mode),
+        )
+        if self.stop_on_convergence is not None:
+            plan = replace(plan, converge_k=2 if self.stop_on_convergence else None)
+        return plan
+
+    def field_names(self) -> FieldNames:
+        """The fields of this body that errors name (:func:`app.errors.named_errors`)."""
+        return {**_FIELD_NAMES, "prompt": "messages"}
+
+    def check_continuation(self) -> None:
+        """Refuse what more turns on a stored session cannot take (every option here may)."""
+
 
 class SolveMessage(StrictRequest):
     role: Literal["system", "user", "assistant"]
@@ -107,7 +150,33 @@ class SolveRequest(TurnOptions):
     )
     reference: Question | None = Field(None, description="Reference answer (required for oracle).")
     grader: GraderName | None = Field(None, description="How answers are read and compared.")
-    session_id: SessionId | None = Field(None, description="Continue this session instead.")
+    session_id: SessionId | None = Field(
+        None, description="Continue this session instead: an alias of POST /sessions/{id}/turns."
+    )
+
+    def to_episode(self, prompts: PromptConfig, default_grader: str) -> Episode:
+        """The new episode: the question after the served prompts' system message and
+        demonstrations, or the messages as given."""
+        if (self.question is None) == (self.messages is None):
+            raise InvalidRequest(
+                "give exactly one of question, messages or session_id", param="question"
+            )
+        grader = self.grader or default_grader
+        if self.question is not None:
+            return new_episode(
+                self.question, reference=self.reference, grader=grader, context=prompts.context()
+            )
+        messages = [m.model_dump() for m in self.messages or []]
+        return episode_from_messages(messages, self.reference, grader)
+
+    def field_names(self) -> FieldNames:
+        return {**_FIELD_NAMES, "prompt": "messages" if self.messages is not None else "question"}
+
+    def check_continuation(self) -> None:
+        """With ``session_id``, the problem is the stored session's: it cannot be restated."""
+        for name in ("question", "messages", "grader"):
+            if getattr(self, name) is not None:
+                raise InvalidRequest(f"{name} cannot change a stored session", param=name)
 
 
 class ContinueRequest(TurnOptions):
@@ -148,68 +217,6 @@ class SessionPublic(BaseModel):
     options: dict[str, Any]
     created_at: float
     updated_at: float
-
-
-# ---- translation: request → plan and episode ---------------------------------------------------
-
-# Service terms → this surface's fields; a plan field not listed is named as it is.
-_PARAMS: Params = {
-    "session": "session_id",
-    "stop_on_correct": "mode",
-    "converge_k": "stop_on_convergence",
-}
-
-
-def _params(prompt: str = "question") -> Params:
-    return {**_PARAMS, "prompt": prompt}
-
-
-def turn_plan(base: RequestPlan, body: TurnOptions) -> RequestPlan:
-    """``base`` (the defaults, or a session's plan) with the options this body sets."""
-    plan = base.updated(
-        max_turns=body.max_turns,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        max_tokens=body.max_tokens,
-        seed=body.seed,
-        context_window=body.context_window,
-        **mode_rules(body.mode),
-    )
-    if body.stop_on_convergence is not None:
-        plan = replace(plan, converge_k=2 if body.stop_on_convergence else None)
-    return plan
-
-
-def continued_plan(session: Session, body: TurnOptions) -> RequestPlan:
-    """A continuation: the session's plan, one more turn unless told, then the body's options."""
-    return turn_plan(replace(session.plan, max_turns=CONTINUE_TURNS, n=1), body)
-
-
-async def solve_job(
-    body: SolveRequest, service: SolveService, owner: str | None, request: Request
-) -> SolveJob:
-    """A new solve, or a continuation when ``session_id`` is given."""
-    given = [n for n in ("question", "messages") if getattr(body, n) is not None]
-    if body.session_id is not None:
-        check_session_header(request, body.session_id)
-        for name in [*given, "grader"]:
-            if getattr(body, name) is not None:
-                raise InvalidRequest(f"{name} cannot change a stored session", param=name)
-        session = await service.load(body.session_id, owner)
-        plan = continued_plan(session, body)
-        return service.continue_job(session, plan, reference=body.reference)
-    if len(given) != 1:
-        raise InvalidRequest(
-            "give exactly one of question, messages or session_id", param="question"
-        )
-    grader = body.grader or service.settings.default_grader
-    if body.question is not None:
-        episode = question_episode(service, body.question, body.reference, grader)
-    else:
-        messages = [m.model_dump() for m in body.messages or []]
-        episode = episode_from_messages(messages, body.reference, grader)
-    plan = turn_plan(service.defaults, body)
-    return service.new_job([episode], plan, owner, root=request_root(request))
 
 
 # ---- translation: results → response -----------------------------------------------------------
@@ -273,7 +280,7 @@ async def solve_events(
     events: AsyncIterator[ServiceEvent],
     plan: RequestPlan,
     model: str,
-    params: Params,
+    names: FieldNames,
     token_ids: bool = False,
 ) -> AsyncIterator[str]:
     """The SSE body of a streamed solve (see the module docstring for the events)."""
@@ -290,19 +297,20 @@ async def solve_events(
         if result is not None:
             yield sse("done", solve_response(plan, result, model, token_ids))
     except Exception as error:
-        yield sse("error", stream_error(error, params))
+        yield sse("error", stream_error(error, names))
 
 
 async def _respond(
-    request: Request, service: SolveService, job: SolveJob, body: TurnOptions, params: Params
+    request: Request, service: SolveService, job: SolveJob, body: TurnOptions
 ) -> Response:
-    model, ids = service.model_name, body.return_token_ids
+    """The one responder of the solve routes: the job's turns as JSON, or SSE with ``stream``."""
+    model, ids, names = service.model_name, body.return_token_ids, body.field_names()
     return await respond(
         request,
         service,
         job,
         stream=body.stream,
-        stream_body=lambda events: solve_events(events, job.plan, model, params, ids),
+        stream_body=lambda events: solve_events(events, job.plan, model, names, ids),
         json_body=lambda result: solve_response(job.plan, result, model, ids),
     )
 
@@ -322,11 +330,17 @@ _SSE_DOC: dict[int | str, dict[str, Any]] = {
 async def solve(
     body: SolveRequest, request: Request, service: ServiceDep, owner: Owner
 ) -> Response:
-    """Answer a question over several self-correcting turns, or continue a session."""
-    params = _params("messages" if body.messages is not None else "question")
-    with wire_errors(params):
-        job = await solve_job(body, service, owner, request)
-        return await _respond(request, service, job, body, params)
+    """Answer a question over several self-correcting turns.
+
+    With `session_id`: more turns on that session, an alias of `POST /sessions/{session_id}/turns`.
+    """
+    if body.session_id is not None:
+        return await _more_turns(body.session_id, body, request, service, owner)
+    with named_errors(body.field_names()):
+        episode = body.to_episode(service.prompts.prompts, service.settings.default_grader)
+        plan = body.to_plan(service.defaults)
+        job = service.new_job([episode], plan, owner, root=request_root(request))
+        return await _respond(request, service, job, body)
 
 
 @router.get("/sessions/{session_id}", response_model=SessionPublic, responses=ERROR_RESPONSES)
@@ -334,7 +348,7 @@ async def get_session(
     session_id: SessionPath, response: Response, service: ServiceDep, owner: Owner
 ) -> SessionPublic:
     """A stored session: every turn, the vote, the conversation."""
-    with wire_errors(_PARAMS):
+    with named_errors(_FIELD_NAMES):
         session = session_public(await service.load(session_id, owner))
     response.headers[SESSION_HEADER] = session_root(session_id)
     return session
@@ -343,7 +357,7 @@ async def get_session(
 @router.delete("/sessions/{session_id}", status_code=204, responses=ERROR_RESPONSES)
 async def delete_session(session_id: SessionPath, service: ServiceDep, owner: Owner) -> Response:
     """Forget a session."""
-    with wire_errors(_PARAMS):
+    with named_errors(_FIELD_NAMES):
         await service.delete(session_id, owner)
     return Response(status_code=204)
 
@@ -361,9 +375,19 @@ async def add_turns(
     owner: Owner,
 ) -> Response:
     """Run more turns on a stored session, continuing from its exact token ids."""
-    params = _params("messages")
-    with wire_errors(params):
+    return await _more_turns(session_id, body, request, service, owner)
+
+
+async def _more_turns(
+    session_id: str,
+    body: ContinueRequest | SolveRequest,
+    request: Request,
+    service: SolveService,
+    owner: str | None,
+) -> Response:
+    """More turns on a stored session: ``POST /sessions/{id}/turns`` and its ``/solve`` alias."""
+    with named_errors(body.field_names()):
         check_session_header(request, session_id)
-        session = await service.load(session_id, owner)
-        job = service.continue_job(session, continued_plan(session, body), reference=body.reference)
-        return await _respond(request, service, job, body, params)
+        body.check_continuation()
+        job = await service.continue_job(session_id, owner, body.to_plan, reference=body.reference)
+        return await _respond(request, service, job, body)

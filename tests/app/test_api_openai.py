@@ -49,7 +49,7 @@ async def test_plain_model_is_one_turn(engine: TurnScriptEngine, tmp_path: Path)
     assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
     prompt, sampling = engine.requests[0]
     assert "Solve the following" not in prompt  # the messages as given
-    # The same defaults as /solve (512 tokens per turn), not RISE_MAX_TOKENS.
+    # The same defaults as /solve (512 tokens per turn), not RISE_TOKEN_LIMIT.
     assert (sampling.temperature, sampling.top_p, sampling.max_tokens) == (1.0, 1.0, 512)
 
 

@@ -7,6 +7,7 @@ also exercised on the live server with the real engine in the ``test_live_*`` mo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.api.openai import parse_model
+from app.api.solve import ContinueRequest, SolveRequest
 from app.errors import (
     Conflict,
     EngineUnavailable,
@@ -33,7 +35,7 @@ from app.settings import Settings
 from rise.engine.base import GenerationChunk, SamplingConfig
 from rise.episode import Outcome, StopReason, Turn
 from rise.loop import new_episode
-from rise.plan import RequestPlan
+from rise.plan import PlanLimits, RequestPlan
 from tests.scripted_engine import ScriptedEngineBase
 
 REPLY = "The answer is \\boxed{7}."
@@ -107,6 +109,41 @@ async def test_memory_store_ttl_and_leases() -> None:
     assert await store.get(session.id) is None and await store.count() == 0
 
 
+def test_bounds_are_named_as_bounds_and_old_names_still_work(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """RISE_TURN_LIMIT / RISE_TOKEN_LIMIT bound a request's max_turns / max_tokens; the old
+    names RISE_MAX_TURNS / RISE_MAX_TOKENS are read with a deprecation warning in the log."""
+    for name in ("RISE_TURN_LIMIT", "RISE_TOKEN_LIMIT", "RISE_MAX_TURNS", "RISE_MAX_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    assert (settings().turn_limit, settings().token_limit) == (10, 1024)
+    monkeypatch.setenv("RISE_TURN_LIMIT", "6")
+    monkeypatch.setenv("RISE_TOKEN_LIMIT", "77")
+    with caplog.at_level(logging.WARNING, logger="app.settings"):
+        assert settings().plan_limits() == PlanLimits(max_turns=6, max_tokens=77, n=8)
+    assert not caplog.records
+    monkeypatch.delenv("RISE_TURN_LIMIT")
+    monkeypatch.delenv("RISE_TOKEN_LIMIT")
+    monkeypatch.setenv("RISE_MAX_TURNS", "7")
+    monkeypatch.setenv("rise_max_tokens", "99")  # variable names are case-insensitive
+    with caplog.at_level(logging.WARNING, logger="app.settings"):
+        old = settings()
+    assert (old.turn_limit, old.token_limit) == (7, 99)
+    warned = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert len(warned) == 2
+    assert warned[0].startswith("RISE_MAX_TOKENS is deprecated: set RISE_TOKEN_LIMIT")
+    assert warned[1].startswith("RISE_MAX_TURNS is deprecated: set RISE_TURN_LIMIT")
+    # The new name wins where both are set; an argument wins over both.
+    caplog.clear()
+    monkeypatch.setenv("RISE_TURN_LIMIT", "5")
+    with caplog.at_level(logging.WARNING, logger="app.settings"):
+        assert settings().turn_limit == 5
+    assert any("RISE_MAX_TURNS is deprecated and ignored" in r.getMessage() for r in caplog.records)
+    assert settings(turn_limit=8).turn_limit == 8
+    with pytest.raises(ValueError, match="turn_limit"):
+        settings(turn_limit=4, default_max_turns=5)
+
+
 def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RISE_API_KEYS", "one, two,,three")
     assert settings().api_keys == ["one", "two", "three"]
@@ -148,6 +185,18 @@ def test_each_error_maps_to_one_json_shape(error: Exception, status: int, type_:
         assert "boom" not in body["message"]  # internals stay in the log
 
 
+def test_a_solve_body_translates_itself_into_the_plan() -> None:
+    """``to_plan`` (as vLLM's ``to_sampling_params``): set options over the base, unset kept."""
+    base = RequestPlan(max_turns=4, temperature=0.3, max_tokens=64, converge_k=3, seed=9)
+    assert SolveRequest(question="q").to_plan(base) == base
+    plan = SolveRequest(question="q", max_turns=2, top_p=0.5, mode="oracle").to_plan(base)
+    assert (plan.max_turns, plan.top_p, plan.temperature, plan.seed) == (2, 0.5, 0.3, 9)
+    assert plan.mode == "oracle" and plan.stop_on_correct  # oracle: answer rule and stop rule
+    assert ContinueRequest(stop_on_convergence=False).to_plan(base).converge_k is None
+    assert ContinueRequest(stop_on_convergence=True).to_plan(base).converge_k == 2
+    assert ContinueRequest(mode="last").to_plan(plan).stop_on_correct is False
+
+
 def test_parse_model_prefixes() -> None:
     assert parse_model(None, "m") == (None, None)
     assert parse_model("m", "m") == (None, None)
@@ -169,7 +218,7 @@ def scripted_app(tiny_tokenizer):
 
 
 def test_openapi_carries_the_deployment_bounds(scripted_app) -> None:
-    with scripted_app(max_turns=7, max_tokens=99) as client:
+    with scripted_app(turn_limit=7, token_limit=99) as client:
         schema = client.get("/openapi.json").json()["components"]["schemas"]
     turns = schema["SolveRequest"]["properties"]["max_turns"]["anyOf"][0]
     assert turns["maximum"] == 7 and turns["minimum"] == 1

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.api.common import SESSION_HEADER
+from app.api.responding import SESSION_HEADER
 from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
 from app.settings import DEFAULT_PORT, Settings
 from bench.processes import NginxProxy
