@@ -6,10 +6,14 @@ The names here are a contract with the Grafana dashboard and the Kubernetes HPA 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from rise.answers import extract_boxed, get_grader
-from rise.episode import Episode, Outcome, Turn
+from rise.episode import Episode, Outcome, Turn, Verdict
+from rise.feedback.verifier import FAILURES
+from rise.plan import BUILTIN_FEEDBACK
 from rise.voting import ANSWER_MODES, Vote
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -90,6 +94,27 @@ class Metrics:
             ["model", "mode", "extraction"],
             registry=r,
         )
+        self.feedback = Counter(
+            "rise_feedback",
+            "Feedback given after a turn, by provider (fixed, oracle, calculator, or a "
+            "configured verifier's name) and verdict (correct, incorrect, unknown).",
+            ["provider", "verdict"],
+            registry=r,
+        )
+        self.feedback_errors = Counter(
+            "rise_feedback_errors",
+            "Verifier calls that failed, by verifier and kind (timeout, unreachable, status, "
+            "malformed); the turn went on with RISE's fixed prompt.",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.feedback_duration = Histogram(
+            "rise_feedback_duration_seconds",
+            "Time a feedback provider took to judge one turn.",
+            ["provider"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=r,
+        )
         self.rejected = Counter(
             "rise_solves_rejected", "Solves refused with 429 beyond the queue.", registry=r
         )
@@ -100,12 +125,19 @@ class Metrics:
         for kind in ("prompt", "generated", "cached"):
             self.tokens.labels(kind)
 
-    def serve_model(self, model: str) -> None:
-        """Export the served model's answer series from the start (at 0), for every answer
-        mode and extraction, so the alert's rates see them before the first turn."""
+    def serve_model(self, model: str, verifiers: Iterable[str] = ()) -> None:
+        """Export the served model's answer series and the feedback providers' series from
+        the start (at 0), so dashboards and the alert's rates see them before the first turn."""
         for mode in ANSWER_MODES:
             for kind in EXTRACTIONS:
                 self.turn_answers.labels(model, mode, kind)
+        verifiers = tuple(verifiers)
+        for provider in (*BUILTIN_FEEDBACK, *verifiers):
+            for verdict in Verdict:
+                self.feedback.labels(provider, verdict.value)
+        for verifier in verifiers:
+            for kind in FAILURES:
+                self.feedback_errors.labels(verifier, kind)
 
     # -- recording (called by app.service) ------------------------------------------------
 
@@ -113,6 +145,12 @@ class Metrics:
         """Tokens of one finished turn, how its answer was found, and how it moved from the
         previous turn's."""
         self.turn_answers.labels(model, mode, extraction(turn)).inc()
+        if turn.feedback is not None:
+            given = turn.feedback
+            self.feedback.labels(given.provider, given.verdict.value).inc()
+            self.feedback_duration.labels(given.provider).observe(given.latency_s)
+            if given.error is not None:
+                self.feedback_errors.labels(given.provider, given.error).inc()
         self.tokens.labels("prompt").inc(turn.prompt_tokens)
         self.tokens.labels("generated").inc(turn.output_tokens)
         self.tokens.labels("cached").inc(turn.cached_tokens)
@@ -170,6 +208,9 @@ EXPORTED_NAMES = (
     "rise_engine_queue_depth",
     "rise_solves_rejected_total",
     "rise_turn_answers_total",
+    "rise_feedback_total",
+    "rise_feedback_errors_total",
+    "rise_feedback_duration_seconds",
 )
 
 # vLLM's own series on the same /metrics (the engine's registry, Engine.metrics_registry), as

@@ -52,6 +52,7 @@ from app.settings import Settings
 from rise.affinity import new_session_ids
 from rise.engine.base import Engine, EngineError, PromptTooLongError
 from rise.episode import Episode, StopReason
+from rise.feedback import FeedbackProviders
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, stop_reason
 from rise.plan import CONTINUE_TURNS, DEFAULT_MAX_TOKENS, RequestPlan
 from rise.prompt_file import ActivePrompts
@@ -157,9 +158,12 @@ class SolveService:
         self.metrics = metrics
         self.settings = settings
         self.prompts = prompts or ActivePrompts(PromptConfig(), "default")
-        self.loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, self.prompts.prompts))
+        self.feedback = FeedbackProviders(settings.providers())
+        self.loop = TurnLoop(
+            engine, ChatRenderer(engine.tokenizer, self.prompts.prompts), self.feedback
+        )
         self.model_name = settings.served_model_name or engine.model_name
-        metrics.serve_model(self.model_name)
+        metrics.serve_model(self.model_name, self.feedback.verifiers)
         self.limits = settings.plan_limits()
         # The plan of a request that sets nothing: the plan's defaults within this deployment.
         self.defaults = RequestPlan(
@@ -372,6 +376,7 @@ class SolveService:
             await asyncio.sleep(0.05)
         for run in list(self._runs.values()):
             await self._finish(run)
+        await self.feedback.aclose()
 
     async def check_ready(self) -> None:
         """Raise EngineUnavailable / StoreUnavailable unless both answer."""

@@ -23,15 +23,17 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from rise.answers import GRADER_NAMES
 from rise.engine.config import EngineSettings
-from rise.plan import DEFAULT_MAX_TURNS, PlanLimits
+from rise.feedback.verifier import VerifierSettings, parse_verifiers
+from rise.plan import BUILTIN_FEEDBACK, DEFAULT_MAX_TURNS, PlanLimits
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8000
 
 
-class Settings(EngineSettings):
-    """Everything the service reads from the environment."""
+class Settings(EngineSettings, VerifierSettings):
+    """Everything the service reads from the environment (the engine's and the verifiers'
+    settings included)."""
 
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
     port: int = Field(DEFAULT_PORT, ge=1, le=65535)
@@ -101,8 +103,12 @@ class Settings(EngineSettings):
 
     def plan_limits(self) -> PlanLimits:
         """The bounds every request plan is checked against."""
+        verifiers = tuple(parse_verifiers(self.verifiers))
         return PlanLimits(
-            max_turns=self.turn_limit, max_tokens=self.token_limit, n=self.max_choices
+            max_turns=self.turn_limit,
+            max_tokens=self.token_limit,
+            n=self.max_choices,
+            feedback=(*BUILTIN_FEEDBACK, *verifiers),
         )
 
     @classmethod

@@ -35,6 +35,7 @@ import json
 import re
 import secrets
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -43,6 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.protocol import (
     ERROR_RESPONSES,
+    FEEDBACK_DESCRIPTION,
+    FeedbackName,
     GraderName,
     Question,
     Seed,
@@ -98,6 +101,10 @@ class RiseOptions(StrictRequest):
     grader: GraderName | None = None
     stop_on_convergence: bool = False
     context_window: int | None = Field(None, ge=1)
+    feedback: FeedbackName | None = Field(None, description=FEEDBACK_DESCRIPTION)
+    stop_on_correct: bool | None = Field(
+        None, description="Stop at the first turn known correct (the reference's or a verifier's)."
+    )
 
 
 class ResponseFormat(_OpenAIRequest):
@@ -254,7 +261,7 @@ def request_plan(request: ChatCompletionRequest, defaults: RequestPlan, served: 
     prefix_turns, prefix_mode = parse_model(request.model, served)
     rise = request.rise or RiseOptions()
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
-    return defaults.updated(
+    plan = defaults.updated(
         max_turns=rise.max_turns or prefix_turns or 1,  # the plain model name: one turn
         n=request.n,
         temperature=request.temperature,
@@ -264,8 +271,12 @@ def request_plan(request: ChatCompletionRequest, defaults: RequestPlan, served: 
         stop=stop,
         converge_k=2 if rise.stop_on_convergence else None,
         context_window=rise.context_window,
+        feedback=rise.feedback,
         **mode_rules(rise.mode or prefix_mode or "vote"),
     )
+    if rise.stop_on_correct is not None:
+        plan = replace(plan, stop_on_correct=rise.stop_on_correct)
+    return plan
 
 
 def request_params(request: ChatCompletionRequest) -> FieldNames:
@@ -276,7 +287,14 @@ def request_params(request: ChatCompletionRequest) -> FieldNames:
         "max_turns": "rise.max_turns" if rise and rise.max_turns else "model",
         "max_tokens": "max_completion_tokens" if request.max_completion_tokens else "max_tokens",
         "mode": "rise.mode" if rise and rise.mode else "model",
-        "stop_on_correct": "rise.mode" if rise and rise.mode else "model",
+        "stop_on_correct": (
+            "rise.stop_on_correct"
+            if rise and rise.stop_on_correct is not None
+            else "rise.mode"
+            if rise and rise.mode
+            else "model"
+        ),
+        "feedback": "rise.feedback",
         "converge_k": "rise.stop_on_convergence",
         "context_window": "rise.context_window",
         "reference": "rise.reference",

@@ -46,6 +46,12 @@ Text = Annotated[str, AfterValidator(_encodable)]
 Question = Annotated[str, AfterValidator(_encodable), AfterValidator(_not_blank)]
 GraderName = Literal[GRADER_NAMES]  # type: ignore[valid-type]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+FeedbackName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z][\w-]*$")]
+FEEDBACK_DESCRIPTION = (
+    "What the introspection turn says (docs/RISE.md, 'Feedback'): fixed (RISE's prompt, the "
+    "default), oracle (right/wrong from `reference`), calculator (names wrong arithmetic), or "
+    "the name of a verifier this deployment configures (RISE_VERIFIERS; GET /feedback lists them)."
+)
 
 
 class StrictRequest(BaseModel):
@@ -66,11 +72,27 @@ def on_request(description: str) -> Any:
     return Field(None, description=description, exclude_if=_is_none)
 
 
+class FeedbackPublic(BaseModel):
+    provider: str = Field(description="fixed, oracle, calculator, or a verifier's name.")
+    verdict: Literal["correct", "incorrect", "unknown"]
+    message: str = Field(description="What the next turn was (or would be) told.")
+    slips: list[str] = Field(
+        description="The calculator's wrong statements, '12 x 6 = 72, not 62'."
+    )
+    error: str | None = Field(
+        description="A verifier that failed: timeout, unreachable, status or malformed."
+    )
+    latency_s: float
+
+
 class TurnPublic(BaseModel):
     index: int
     text: str
     answer: str | None
     outcome: Literal["correct", "wrong", "unparseable"] | None
+    feedback: FeedbackPublic | None = Field(
+        None, description="The feedback provider's judgement of this turn (none: stored before)."
+    )
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
@@ -134,6 +156,7 @@ def turn_public(turn: Turn, token_ids: bool = False) -> TurnPublic:
         text=turn.text,
         answer=turn.answer,
         outcome=None if turn.outcome is None else turn.outcome.value,
+        feedback=None if turn.feedback is None else FeedbackPublic(**turn.feedback.to_dict()),
         finish_reason=turn.finish_reason,
         prompt_tokens=turn.prompt_tokens,
         completion_tokens=turn.output_tokens,

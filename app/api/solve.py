@@ -32,6 +32,8 @@ from pydantic import BaseModel, Field
 
 from app.api.protocol import (
     ERROR_RESPONSES,
+    FEEDBACK_DESCRIPTION,
+    FeedbackName,
     GraderName,
     Question,
     Seed,
@@ -101,6 +103,12 @@ class TurnOptions(SamplingOptions):
     context_window: int | None = Field(
         None, ge=1, description="The model sees only the last k attempts; default all turns."
     )
+    feedback: FeedbackName | None = Field(None, description=FEEDBACK_DESCRIPTION)
+    stop_on_correct: bool | None = Field(
+        None,
+        description="Stop at the first turn known correct: graded so against `reference`, or "
+        "judged so by the `oracle` or a verifier (mode oracle sets it).",
+    )
     stream: bool = Field(False, description="Server-Sent Events: tokens, turn ends, final event.")
     return_token_ids: bool = Field(
         False,
@@ -122,8 +130,11 @@ class TurnOptions(SamplingOptions):
             max_tokens=self.max_tokens,
             seed=self.seed,
             context_window=self.context_window,
+            feedback=self.feedback,
             **mode_rules(self.mode),
         )
+        if self.stop_on_correct is not None:
+            plan = replace(plan, stop_on_correct=self.stop_on_correct)
         if self.stop_on_convergence is not None:
             plan = replace(plan, converge_k=2 if self.stop_on_convergence else None)
         return plan

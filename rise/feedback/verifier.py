@@ -32,6 +32,8 @@ from rise.episode import Feedback, Verdict
 from rise.prompts import PromptConfig
 
 MAX_MESSAGE_CHARS = 1000
+FAILURES = ("timeout", "unreachable", "status", "malformed")
+"""The kinds of verifier failure a turn records (``Feedback.error``)."""
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
