@@ -92,7 +92,7 @@ class EngineSettings(BaseSettings):
         le=16,
         description="n-gram prompt-lookup speculation: tokens vLLM proposes per step by matching "
         "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
-        "its earlier turns and the question); 0 = off; unset = on for CPU (vllm_engine."
+        "its earlier turns and the question); 0 = off; unset = on for CPU (engine.cpu."
         "CPU_SPECULATIVE_TOKENS: one stream's decode there is bound by reading the weights), "
         "off on GPU (not measured there). Exact: rejection sampling keeps the output "
         "distribution.",

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from rise.engine import EngineSettings, SamplingConfig
-from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
-from rise.engine.vllm_engine import (
+from rise.engine.cpu import (
     CPU_SPECULATIVE_TOKENS,
     IN_CORE_EXECUTOR,
     configure_cpu_environment,
@@ -19,13 +18,13 @@ from rise.engine.vllm_engine import (
     cpu_environment,
     cpu_flags,
     eager_choice,
-    engine_layout,
     engine_preload,
     intel_openmp,
     preloaded,
-    sampling_params,
     tcmalloc,
 )
+from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
+from rise.engine.vllm_engine import engine_layout, sampling_params
 
 
 def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
