@@ -78,13 +78,6 @@ class EngineSettings(BaseSettings):
         "few cores (vLLM-CPU's default layout). Measured in docs/VLLM_CPU.md; false restores "
         "vLLM's layout.",
     )
-    cpu_preload_tcmalloc: bool = Field(
-        False,
-        description="CPU only: preload tcmalloc (libtcmalloc_minimal from the Debian package "
-        "libtcmalloc-minimal4; skipped where it is absent) into the engine's processes, the "
-        "other library vLLM's CPU guide preloads. Off: no gain side by side on a 2-core AMD "
-        "EPYC (throughput within 2%, first token slower; docs/VLLM_CPU.md).",
-    )
     seed: int = Field(0, description="Engine-wide sampling seed.")
     speculative_tokens: int | None = Field(
         None,

@@ -83,42 +83,18 @@ def intel_openmp() -> Path | None:
     return path if path.is_file() else None
 
 
-TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4")
-"""tcmalloc's shared objects, minimal first (the allocator alone, what vLLM's CPU image uses)."""
-
-
-def tcmalloc(folders: Sequence[Path] | None = None) -> Path | None:
-    """tcmalloc in the system's library folders (Debian: ``libtcmalloc-minimal4``), or None."""
-    if folders is None:
-        arch = f"{os.uname().machine}-linux-gnu"
-        folders = [
-            Path("/usr/lib") / arch,
-            Path("/lib") / arch,
-            Path("/usr/lib64"),
-            Path("/usr/lib"),
-        ]
-    for name in TCMALLOC_NAMES:
-        for folder in folders:
-            if (folder / name).is_file():
-                return folder / name
-    return None
-
-
 def engine_preload(settings: EngineSettings, gpu: bool) -> tuple[Path, ...]:
-    """The libraries the engine's processes preload, in ``LD_PRELOAD`` order: on CPU, tcmalloc
-    when ``RISE_CPU_PRELOAD_TCMALLOC`` is on, then Intel OpenMP when ``RISE_CPU_PRELOAD_IOMP``
-    is on, each where it is installed. The one place the rule lives, so a benchmark's other
-    server gets exactly what our engine gets."""
-    if gpu:
+    """The libraries the engine's processes preload, in ``LD_PRELOAD`` order: on CPU, Intel
+    OpenMP when ``RISE_CPU_PRELOAD_IOMP`` is on and it is installed. The one place the rule
+    lives, so a benchmark's other server gets exactly what our engine gets. (vLLM's CPU guide
+    also preloads tcmalloc; measured side by side it gained nothing here, docs/VLLM_CPU.md.)"""
+    if gpu or not settings.cpu_preload_iomp:
         return ()
-    found = (
-        tcmalloc() if settings.cpu_preload_tcmalloc else None,
-        intel_openmp() if settings.cpu_preload_iomp else None,
-    )
-    return tuple(path for path in found if path is not None)
+    found = intel_openmp()
+    return (found,) if found is not None else ()
 
 
-_PRELOAD_KINDS = ("tcmalloc", "omp")
+_PRELOAD_KINDS = ("omp",)
 """Kinds of preloaded library, as their file names say: one of each kind in ``LD_PRELOAD``."""
 
 
@@ -126,12 +102,12 @@ _PRELOAD_KINDS = ("tcmalloc", "omp")
 def preloaded(libraries: Sequence[Path]) -> Iterator[None]:
     """``LD_PRELOAD`` ``libraries`` for the processes started inside the block, then restore it.
 
-    vLLM's CPU guide preloads Intel OpenMP in place of torch's GNU OpenMP, and tcmalloc
-    (``RISE_CPU_PRELOAD_IOMP``, on by default; ``RISE_CPU_PRELOAD_TCMALLOC``; measured in
-    docs/VLLM_CPU.md). The loader reads ``LD_PRELOAD`` when a process starts, so it reaches the
-    engine's spawned processes (engine core, and the workers it starts), not this one; scoping
-    it keeps it out of every other program this process starts later. A library whose kind (an
-    OpenMP, tcmalloc) the existing ``LD_PRELOAD`` already names is left out: the user's wins.
+    vLLM's CPU guide preloads Intel OpenMP in place of torch's GNU OpenMP
+    (``RISE_CPU_PRELOAD_IOMP``, on by default; measured in docs/VLLM_CPU.md). The loader reads
+    ``LD_PRELOAD`` when a process starts, so it reaches the engine's spawned processes (engine
+    core, and the workers it starts), not this one; scoping it keeps it out of every other
+    program this process starts later. A library whose kind (an OpenMP) the existing
+    ``LD_PRELOAD`` already names is left out: the user's wins.
     """
     before = os.environ.get("LD_PRELOAD")
     taken = {kind for kind in _PRELOAD_KINDS if before and kind in before}

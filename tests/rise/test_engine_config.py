@@ -21,7 +21,6 @@ from rise.engine.cpu import (
     engine_preload,
     intel_openmp,
     preloaded,
-    tcmalloc,
 )
 from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
 from rise.engine.vllm_engine import engine_layout, sampling_params
@@ -274,21 +273,17 @@ def test_the_engine_knows_no_prompts_and_rise_knows_no_callers() -> None:
 
 
 def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The libraries are preloaded only inside the block (the engine's start), in order, and an
-    LD_PRELOAD that already names a library of the same kind (an OpenMP, tcmalloc) wins."""
+    """The libraries are preloaded only inside the block (the engine's start), before what the
+    user preloads, and an LD_PRELOAD that already names an OpenMP library wins."""
     library = tmp_path / "libiomp5.so"
-    malloc = tmp_path / "libtcmalloc_minimal.so.4"
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     with preloaded((library,)):
         assert os.environ["LD_PRELOAD"] == str(library)
     assert "LD_PRELOAD" not in os.environ
-    with preloaded((malloc, library)):
-        assert os.environ["LD_PRELOAD"] == f"{malloc}:{library}"
-    assert "LD_PRELOAD" not in os.environ
-    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
-    with preloaded((malloc, library)):
-        assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libtcmalloc.so"
-    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc.so"
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libjemalloc.so")
+    with preloaded((library,)):
+        assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libjemalloc.so"
+    assert os.environ["LD_PRELOAD"] == "/lib/libjemalloc.so"
     monkeypatch.setenv("LD_PRELOAD", "/lib/libgomp.so")
     with preloaded((library,)), preloaded(()):
         assert os.environ["LD_PRELOAD"] == "/lib/libgomp.so"
@@ -296,18 +291,9 @@ def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert found is None or found.name == "libiomp5.so"
 
 
-def test_engine_preload_follows_the_settings(tmp_path: Path) -> None:
-    """tcmalloc (off by default) before Intel OpenMP (on by default), where installed; nothing on
-    GPU; tcmalloc found in a library folder, minimal first."""
-    iomp, malloc = intel_openmp(), tcmalloc()
-    default = EngineSettings()
-    assert engine_preload(default, gpu=False) == tuple(p for p in (iomp,) if p)
-    both = EngineSettings(cpu_preload_tcmalloc=True)
-    assert engine_preload(both, gpu=False) == tuple(p for p in (malloc, iomp) if p)
-    assert engine_preload(both, gpu=True) == ()
+def test_engine_preload_follows_the_settings() -> None:
+    """Intel OpenMP (on by default) where installed; nothing on GPU or with the setting off."""
+    iomp = intel_openmp()
+    assert engine_preload(EngineSettings(), gpu=False) == tuple(p for p in (iomp,) if p)
+    assert engine_preload(EngineSettings(), gpu=True) == ()
     assert engine_preload(EngineSettings(cpu_preload_iomp=False), gpu=False) == ()
-    assert tcmalloc([tmp_path]) is None
-    (tmp_path / "libtcmalloc.so.4").touch()
-    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc.so.4"
-    (tmp_path / "libtcmalloc_minimal.so.4").touch()
-    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc_minimal.so.4"
