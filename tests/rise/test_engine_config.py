@@ -210,14 +210,12 @@ def test_engine_settings_read_rise_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_configure_cpu_environment_respects_existing_values(monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
-    configure_cpu_environment(EngineSettings(cpu_omp_blocktime_ms=1))
+    configure_cpu_environment(EngineSettings())
     assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
-    assert os.environ["KMP_BLOCKTIME"] == "1"
 
 
-def test_cpu_environment_threads_blocktime_and_compile_cache(monkeypatch, tmp_path: Path) -> None:
+def test_cpu_environment_threads_and_compile_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert cpu_environment(EngineSettings(data_dir=tmp_path)) == {
         "OMP_NUM_THREADS": "6",
@@ -226,8 +224,7 @@ def test_cpu_environment_threads_blocktime_and_compile_cache(monkeypatch, tmp_pa
         "VLLM_USE_AOT_COMPILE": "0",
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torchinductor"),
     }
-    env = cpu_environment(EngineSettings(cpu_threads=2, cpu_omp_blocktime_ms=0))
-    assert env["OMP_NUM_THREADS"] == "2" and env["KMP_BLOCKTIME"] == "0"
+    assert cpu_environment(EngineSettings(cpu_threads=2))["OMP_NUM_THREADS"] == "2"
 
 
 def test_prepare_model_uses_local_folders_and_refuses_unknown(tmp_path: Path, monkeypatch) -> None:
