@@ -99,6 +99,8 @@ def test_engine_layout_speculation_is_ngram_prompt_lookup(
     default = EngineSettings(model="m", data_dir=tmp_path)
     cpu = engine_layout(default, tmp_path, gpu=False).kwargs["speculative_config"]
     assert cpu["num_speculative_tokens"] == CPU_SPECULATIVE_TOKENS > 0  # on by default on CPU
+    described = EngineSettings.model_fields["speculative_tokens"].description or ""
+    assert f"unset = {CPU_SPECULATIVE_TOKENS} on CPU" in described  # the documented default
     assert "speculative_config" not in engine_layout(default, tmp_path, gpu=True).kwargs
     monkeypatch.setenv("RISE_SPECULATIVE_TOKENS", "0")
     off = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
