@@ -36,7 +36,7 @@ class Settings(EngineSettings, VerifierSettings):
     settings included)."""
 
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in containers.")
-    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535, description="TCP port the service listens on.")
     served_model_name: str | None = Field(
         None, description="Name under /v1/models; defaults to the model's name."
     )
@@ -67,7 +67,9 @@ class Settings(EngineSettings, VerifierSettings):
     max_concurrent_solves: int = Field(32, ge=1, description="Solves running at once.")
     max_queued_solves: int = Field(64, ge=0, description="Solves waiting beyond those; then 429.")
     max_request_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body.")
-    log_level: str = Field("info")
+    log_level: str = Field(
+        "info", description="Log level of the service and uvicorn: debug, info, warning, error."
+    )
     # -- added with the service (app/) ------------------------------------------------------
     default_grader: str = Field(
         "gsm8k",

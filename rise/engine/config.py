@@ -1,7 +1,9 @@
 """Engine settings: which model, and how vLLM holds it (env prefix ``RISE_``).
 
 The service's settings extend this class, so an engine is configured by the same ``RISE_*``
-variables whether it runs under the CLI, the service, or the trainer.
+variables whether it runs under the CLI, the service, or the trainer. Each field's
+``description`` is its documentation: docs/CONFIGURATION.md's table is generated from them
+(``python -m scripts.settings_table``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ class EngineSettings(BaseSettings):
         "bundled GGUF when no hub is reachable.",
     )
     data_dir: Path = Field(
-        Path.home() / ".cache" / "rise", description="Cache for prepared models and engine files."
+        Path.home() / ".cache" / "rise",
+        description="Where prepared models, vLLM's cache and the CPU engine's compiled kernels "
+        "are kept (a container's volume); what is prepared once is reused at every start.",
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
@@ -35,7 +39,13 @@ class EngineSettings(BaseSettings):
     )
     max_model_len: int = Field(4096, ge=128, description="Context window in tokens.")
     kv_cache_gib: float = Field(1.0, gt=0, description="CPU only: KV-cache size in GiB.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU only.")
+    gpu_memory_utilization: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="GPU only: the share of each GPU's memory vLLM takes for the weights, "
+        "activations and KV cache.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model copy is split over.")
     data_parallel_size: int = Field(
         1,
@@ -44,7 +54,12 @@ class EngineSettings(BaseSettings):
         "tensor_parallel_size GPUs; a session stays on one rank, chosen from its id.",
     )
     max_num_seqs: int = Field(64, ge=1, description="Sequences the engine batches at once.")
-    block_size: int | None = Field(None, ge=1, description="KV block size (prefix-cache unit).")
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="KV block size in tokens, the unit the prefix cache reuses (only full "
+        "blocks); unset = vLLM's (128 on CPU).",
+    )
     enforce_eager: bool | None = Field(
         None,
         description="Skip torch.compile (and CUDA graphs). Default: compile on GPU, and on CPU "
@@ -55,13 +70,6 @@ class EngineSettings(BaseSettings):
     )
     cpu_threads: int | None = Field(
         None, ge=1, description="CPU only: engine threads; default: every core."
-    )
-    cpu_omp_blocktime_ms: int | None = Field(
-        None,
-        ge=0,
-        description="CPU only: Intel OpenMP's KMP_BLOCKTIME for the engine's processes, how "
-        "long its threads spin after a parallel region before sleeping; unset = the library's "
-        "default (200 ms). An existing KMP_BLOCKTIME wins.",
     )
     cpu_preload_iomp: bool = Field(
         True,
@@ -78,22 +86,17 @@ class EngineSettings(BaseSettings):
         "few cores (vLLM-CPU's default layout). Measured in docs/VLLM_CPU.md; false restores "
         "vLLM's layout.",
     )
-    cpu_preload_tcmalloc: bool = Field(
-        False,
-        description="CPU only: preload tcmalloc (libtcmalloc_minimal from the Debian package "
-        "libtcmalloc-minimal4; skipped where it is absent) into the engine's processes, the "
-        "other library vLLM's CPU guide preloads. Off: no gain side by side on a 2-core AMD "
-        "EPYC (throughput within 2%, first token slower; docs/VLLM_CPU.md).",
+    seed: int = Field(
+        0, description="Engine-wide random seed, drawn from by requests that carry no seed."
     )
-    seed: int = Field(0, description="Engine-wide sampling seed.")
     speculative_tokens: int | None = Field(
         None,
         ge=0,
         le=16,
         description="n-gram prompt-lookup speculation: tokens vLLM proposes per step by matching "
         "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
-        "its earlier turns and the question); 0 = off; unset = on for CPU (vllm_engine."
-        "CPU_SPECULATIVE_TOKENS: one stream's decode there is bound by reading the weights), "
+        "its earlier turns and the question); 0 = off; unset = 4 on CPU (rise/engine/cpu.py: "
+        "CPU_SPECULATIVE_TOKENS; one stream's decode there is bound by reading the weights), "
         "off on GPU (not measured there). Exact: rejection sampling keeps the output "
         "distribution.",
     )
@@ -107,4 +110,9 @@ class EngineSettings(BaseSettings):
         "dynamic schedule turns it off above): a large batch is compute-bound, and verifying "
         "drafts there costs more than it saves (measured at 32 streams on CPU).",
     )
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = Field(
+        True,
+        description="Reuse the KV cache of a prompt's earlier full blocks: every later RISE turn "
+        "starts with the previous turn's prompt and answer, so most of it is not computed again "
+        "(docs/VLLM_CPU.md, prefix caching).",
+    )

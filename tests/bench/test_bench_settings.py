@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from bench.bench_cpu import parse_variant, settings_variant
 from bench.bench_service import engine_env, vllm_serve_command
 from rise.engine.config import EngineSettings
-from rise.engine.vllm_engine import IN_CORE_EXECUTOR
+from rise.engine.cpu import IN_CORE_EXECUTOR
 
 
 @pytest.fixture

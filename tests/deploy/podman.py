@@ -4,8 +4,9 @@ No Docker engine runs on the project's machines, and container registries are ou
 the tests make everything locally with Debian's tools:
 
 - **base image**: ``debootstrap`` of Debian bookworm with python3 (what the default
-  ``python:3.11-slim-bookworm`` base is: Debian + CPython 3.11), imported with ``podman import``;
-  the root file system is cached as a tarball in the ignored ``.cache/podman`` folder;
+  ``python:3.11-slim-bookworm`` base is: Debian + CPython 3.11) from the Debian mirror this
+  machine's apt sources name (``scripts/registries.py``), imported with ``podman import``; the
+  root file system is cached as a tarball in the ignored ``.cache/podman`` folder;
 - **images**: ``podman build --isolation chroot`` with the repository's Dockerfiles, the base
   image and this machine's pip settings passed as their build arguments (local wheel folders and
   ``file://`` indexes mounted read-only into the ``RUN`` steps, the CA bundle as ``PIP_CERT``);
@@ -33,6 +34,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from scripts.registries import debian_mirror, first_index, pip_config
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "podman"
 BASE_IMAGE = "localhost/rise-test-python:3.11-bookworm"
@@ -42,7 +45,6 @@ APP_IMAGE = "localhost/rise-cpu:0.1.0"  # the name docker/compose.yaml gives the
 APP_BUILD_STAGE_IMAGE = "localhost/rise-cpu-build-stage:0.1.0"
 REDIS_IMAGE = "localhost/rise-test-redis:bookworm"
 DEBIAN_SUITE = "bookworm"
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ["python3", "python3-venv", "python-is-python3", "ca-certificates"]
 HOST_CA = "/etc/ssl/host-ca.crt"  # where the builder's CA bundle is mounted for pip
 
@@ -265,7 +267,7 @@ def _bootstrap(tarball: Path) -> None:
                 f"--include={','.join(BASE_PACKAGES)}",
                 DEBIAN_SUITE,
                 str(rootfs),
-                DEBIAN_MIRROR,
+                debian_mirror(DEBIAN_SUITE),
             ],
             capture_output=True,
             text=True,
@@ -290,23 +292,11 @@ def host_pip_settings() -> tuple[dict[str, str], list[str]]:
     """This machine's pip index settings as the Dockerfiles' build arguments, and the volumes
     (``host:container:ro``) that make the local folders they name visible to ``RUN`` steps.
 
-    Read from ``pip config list`` and the environment, as pip itself would; local wheel folders
-    and ``file://`` indexes keep their paths inside the build, the CA bundle moves to HOST_CA.
+    Read as pip itself reads them (``pip config list``: its files and the ``PIP_*`` variables;
+    ``scripts/registries.py``); local wheel folders and ``file://`` indexes keep their paths
+    inside the build, the CA bundle moves to HOST_CA.
     """
-    proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "pip"), "config", "list"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    config: dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        key, _, value = line.partition("=")
-        config[key.split(".", 1)[-1]] = value.strip().strip("'\"")
-    for name in ("index-url", "extra-index-url", "find-links", "trusted-host", "cert"):
-        env_value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-        if env_value:
-            config[name] = env_value
+    config = pip_config()
     args: dict[str, str] = {}
     volumes: set[str] = set()
 
@@ -334,6 +324,5 @@ def host_pip_settings() -> tuple[dict[str, str], list[str]]:
         args["PIP_CERT"] = HOST_CA
         volumes.add(f"{Path(cert).resolve()}:{HOST_CA}:ro")
     # The Dockerfile names torch's index explicitly; keep it on what this machine can reach.
-    indexes = (args.get("PIP_EXTRA_INDEX_URL") or args.get("PIP_INDEX_URL") or "").split()
-    args["TORCH_INDEX_URL"] = indexes[0] if indexes else "https://pypi.org/simple"
+    args["TORCH_INDEX_URL"] = first_index(config)
     return args, sorted(volumes)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from rise.engine import EngineSettings, SamplingConfig
-from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
-from rise.engine.vllm_engine import (
+from rise.engine.cpu import (
     CPU_SPECULATIVE_TOKENS,
     IN_CORE_EXECUTOR,
     configure_cpu_environment,
@@ -19,13 +18,12 @@ from rise.engine.vllm_engine import (
     cpu_environment,
     cpu_flags,
     eager_choice,
-    engine_layout,
     engine_preload,
     intel_openmp,
     preloaded,
-    sampling_params,
-    tcmalloc,
 )
+from rise.engine.models import ModelUnavailableError, cache_dir_for, prepare_model
+from rise.engine.vllm_engine import engine_layout, sampling_params
 
 
 def test_engine_layout_cpu_uses_fp32_eager_and_kv_bytes(tmp_path: Path) -> None:
@@ -101,6 +99,8 @@ def test_engine_layout_speculation_is_ngram_prompt_lookup(
     default = EngineSettings(model="m", data_dir=tmp_path)
     cpu = engine_layout(default, tmp_path, gpu=False).kwargs["speculative_config"]
     assert cpu["num_speculative_tokens"] == CPU_SPECULATIVE_TOKENS > 0  # on by default on CPU
+    described = EngineSettings.model_fields["speculative_tokens"].description or ""
+    assert f"unset = {CPU_SPECULATIVE_TOKENS} on CPU" in described  # the documented default
     assert "speculative_config" not in engine_layout(default, tmp_path, gpu=True).kwargs
     monkeypatch.setenv("RISE_SPECULATIVE_TOKENS", "0")
     off = engine_layout(EngineSettings(model="m", data_dir=tmp_path), tmp_path, gpu=False)
@@ -212,14 +212,12 @@ def test_engine_settings_read_rise_environment(monkeypatch: pytest.MonkeyPatch) 
 def test_configure_cpu_environment_respects_existing_values(monkeypatch) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
-    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
-    configure_cpu_environment(EngineSettings(cpu_omp_blocktime_ms=1))
+    configure_cpu_environment(EngineSettings())
     assert os.environ["OMP_NUM_THREADS"] == "3"
     assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
-    assert os.environ["KMP_BLOCKTIME"] == "1"
 
 
-def test_cpu_environment_threads_blocktime_and_compile_cache(monkeypatch, tmp_path: Path) -> None:
+def test_cpu_environment_threads_and_compile_cache(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 6)
     assert cpu_environment(EngineSettings(data_dir=tmp_path)) == {
         "OMP_NUM_THREADS": "6",
@@ -228,8 +226,7 @@ def test_cpu_environment_threads_blocktime_and_compile_cache(monkeypatch, tmp_pa
         "VLLM_USE_AOT_COMPILE": "0",
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "torchinductor"),
     }
-    env = cpu_environment(EngineSettings(cpu_threads=2, cpu_omp_blocktime_ms=0))
-    assert env["OMP_NUM_THREADS"] == "2" and env["KMP_BLOCKTIME"] == "0"
+    assert cpu_environment(EngineSettings(cpu_threads=2))["OMP_NUM_THREADS"] == "2"
 
 
 def test_prepare_model_uses_local_folders_and_refuses_unknown(tmp_path: Path, monkeypatch) -> None:
@@ -275,21 +272,17 @@ def test_the_engine_knows_no_prompts_and_rise_knows_no_callers() -> None:
 
 
 def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The libraries are preloaded only inside the block (the engine's start), in order, and an
-    LD_PRELOAD that already names a library of the same kind (an OpenMP, tcmalloc) wins."""
+    """The libraries are preloaded only inside the block (the engine's start), before what the
+    user preloads, and an LD_PRELOAD that already names an OpenMP library wins."""
     library = tmp_path / "libiomp5.so"
-    malloc = tmp_path / "libtcmalloc_minimal.so.4"
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     with preloaded((library,)):
         assert os.environ["LD_PRELOAD"] == str(library)
     assert "LD_PRELOAD" not in os.environ
-    with preloaded((malloc, library)):
-        assert os.environ["LD_PRELOAD"] == f"{malloc}:{library}"
-    assert "LD_PRELOAD" not in os.environ
-    monkeypatch.setenv("LD_PRELOAD", "/lib/libtcmalloc.so")
-    with preloaded((malloc, library)):
-        assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libtcmalloc.so"
-    assert os.environ["LD_PRELOAD"] == "/lib/libtcmalloc.so"
+    monkeypatch.setenv("LD_PRELOAD", "/lib/libjemalloc.so")
+    with preloaded((library,)):
+        assert os.environ["LD_PRELOAD"] == f"{library}:/lib/libjemalloc.so"
+    assert os.environ["LD_PRELOAD"] == "/lib/libjemalloc.so"
     monkeypatch.setenv("LD_PRELOAD", "/lib/libgomp.so")
     with preloaded((library,)), preloaded(()):
         assert os.environ["LD_PRELOAD"] == "/lib/libgomp.so"
@@ -297,18 +290,9 @@ def test_preloaded_scopes_ld_preload(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert found is None or found.name == "libiomp5.so"
 
 
-def test_engine_preload_follows_the_settings(tmp_path: Path) -> None:
-    """tcmalloc (off by default) before Intel OpenMP (on by default), where installed; nothing on
-    GPU; tcmalloc found in a library folder, minimal first."""
-    iomp, malloc = intel_openmp(), tcmalloc()
-    default = EngineSettings()
-    assert engine_preload(default, gpu=False) == tuple(p for p in (iomp,) if p)
-    both = EngineSettings(cpu_preload_tcmalloc=True)
-    assert engine_preload(both, gpu=False) == tuple(p for p in (malloc, iomp) if p)
-    assert engine_preload(both, gpu=True) == ()
+def test_engine_preload_follows_the_settings() -> None:
+    """Intel OpenMP (on by default) where installed; nothing on GPU or with the setting off."""
+    iomp = intel_openmp()
+    assert engine_preload(EngineSettings(), gpu=False) == tuple(p for p in (iomp,) if p)
+    assert engine_preload(EngineSettings(), gpu=True) == ()
     assert engine_preload(EngineSettings(cpu_preload_iomp=False), gpu=False) == ()
-    assert tcmalloc([tmp_path]) is None
-    (tmp_path / "libtcmalloc.so.4").touch()
-    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc.so.4"
-    (tmp_path / "libtcmalloc_minimal.so.4").touch()
-    assert tcmalloc([tmp_path]) == tmp_path / "libtcmalloc_minimal.so.4"

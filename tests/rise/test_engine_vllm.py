@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from rise.engine import SamplingConfig
-from rise.engine.vllm_engine import intel_openmp
+from rise.engine.cpu import intel_openmp
 from rise.episode import Outcome, StopReason
 from rise.loop import TokenEvent, TurnLoop, new_episode
 from rise.plan import RequestPlan
@@ -193,7 +193,7 @@ def test_compiled_engine_answers_and_keeps_its_kernels_in_the_data_dir(
     the CLI): its answers are the eager engine's, its kernels land in the data dir, and the next
     start loads them instead of compiling again (vLLM's AOT cache, which cannot load a CPU
     graph back, is off)."""
-    from rise.engine.vllm_engine import cpp_compiler
+    from rise.engine.cpu import cpp_compiler
 
     assert cpp_compiler(), "no C++ compiler: scripts/setup.sh installs g++ for the CPU engine"
     eager = _solve_with_cli(parrot_model_dir, tmp_path / "eager")

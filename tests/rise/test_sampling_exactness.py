@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from rise.engine import SamplingConfig, build_engine
-from rise.engine.vllm_engine import cpp_compiler, intel_openmp
+from rise.engine.cpu import cpp_compiler, intel_openmp
 from tests.conftest import engine_settings
 from tests.sampling_stats import (
     ALPHA,
@@ -260,13 +260,8 @@ async def test_speculation_fails_without_the_correction(
     engine here is built past rise's guard (which would turn speculation off without the
     plugin), and no sampled group fits the chain. When vLLM fixes the shim this fails, beside
     tests/rise/test_vllm_cpu_sampler.py's check of the shim itself."""
-    from rise.engine.vllm_engine import (
-        VLLMEngine,
-        configure_cpu_environment,
-        cpp_compiler,
-        cpu_flags,
-        engine_layout,
-    )
+    from rise.engine.cpu import configure_cpu_environment, cpu_flags
+    from rise.engine.vllm_engine import VLLMEngine, engine_layout
 
     monkeypatch.setenv("VLLM_PLUGINS", "")  # read by the engine's processes as they start
     setting = {**BASELINE, "speculative_tokens": 4, "speculative_max_batch": 256}
