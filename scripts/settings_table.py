@@ -49,9 +49,11 @@ def settings_classes() -> list[tuple[type[BaseModel], str]]:
     (Imported here, not at the top, so that importing this module stays cheap.)"""
     from app.settings import Settings
     from rise.engine.config import EngineSettings
+    from rise.feedback.verifier import VerifierSettings
 
     return [
         (EngineSettings, "engine"),
+        (VerifierSettings, "service, `rise-train`"),
         (Settings, "service"),
     ]
 
@@ -100,6 +102,8 @@ def _default(info: FieldInfo) -> str:
     value = info.get_default(call_default_factory=True)
     if value is None:
         return "unset"
+    if value == "":
+        return "empty"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, Path):  # the home folder as ~, so the table is the same on every machine
@@ -147,6 +151,7 @@ def variables() -> list[Variable]:
                 continue
             seen.add(name)
             first, *others = env_names(name, info, prefix)
+            others += [old for old, field in renamed().items() if field == name]
             also = f" (also {', '.join(f'`{n}`' for n in others)})" if others else ""
             description = info.description or ""
             rows.append(
@@ -157,6 +162,13 @@ def variables() -> list[Variable]:
         for v in OTHER_VARIABLES
     ]
     return rows
+
+
+def renamed() -> dict[str, str]:
+    """Old variable -> the field that took its place (still read, with a warning)."""
+    from app.settings import RENAMED
+
+    return dict(RENAMED)
 
 
 def missing_descriptions() -> list[str]:

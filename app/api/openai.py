@@ -35,8 +35,8 @@ import json
 import re
 import secrets
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
