@@ -7,7 +7,8 @@ engine is built once per session and shared.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,51 @@ def parrot_reply() -> str:
 def shared_data() -> Path:
     """The GSM8K/MATH folder (tests/shared_data.py); a test that takes it skips without it."""
     return require(SHARED_DATA)
+
+
+@dataclass(frozen=True)
+class VerifierServer:
+    url: str  # routes /seven, /slow, /error, /garbage, /shapeless (tests/verifier_server.py)
+    log: Path  # one JSON line per request it received
+
+    def requests(self) -> list[dict]:
+        import json
+
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def verifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifierServer]:
+    """A real HTTP verifier process (tests/verifier_server.py) on a free port; its routes are
+    verifiers that judge, time out, fail and answer garbage."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from bench.processes import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("verifier") / "requests.jsonl"
+    server = Path(__file__).parent / "verifier_server.py"
+    proc = subprocess.Popen([sys.executable, str(server), str(port), "--log", str(log)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.post(f"{url}/ping", json={}, timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.1)
+    yield VerifierServer(url, log)
+    proc.terminate()
+    proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -354,6 +354,22 @@ async def solve(
         return await _respond(request, service, job, body)
 
 
+class FeedbackProvidersPublic(BaseModel):
+    feedback: list[str] = Field(description="Every value `feedback` may take here.")
+    default: str = Field(description="The feedback of a request that names none.")
+    verifiers: list[str] = Field(description="Those that are the operator's HTTP verifiers.")
+
+
+@router.get("/feedback", response_model=FeedbackProvidersPublic, responses=ERROR_RESPONSES)
+async def feedback_providers(service: ServiceDep, owner: Owner) -> FeedbackProvidersPublic:
+    """The feedback providers this deployment offers (docs/RISE.md, 'Feedback')."""
+    return FeedbackProvidersPublic(
+        feedback=list(service.feedback.names),
+        default=service.defaults.feedback,
+        verifiers=list(service.feedback.verifiers),
+    )
+
+
 @router.get("/sessions/{session_id}", response_model=SessionPublic, responses=ERROR_RESPONSES)
 async def get_session(
     session_id: SessionPath, response: Response, service: ServiceDep, owner: Owner

@@ -32,9 +32,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def live(
-    tiny_model_dir: Path, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path,
+    redis_server: RedisServer,
+    verifier,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[LiveServer]:
-    """The shared app server (tiny model, Redis, keys A and B, 2 solves + 2 queued)."""
+    """The shared app server (tiny model, Redis, keys A and B, 2 solves + 2 queued, the test
+    verifier's routes as verifiers with a 1 s timeout)."""
     data = tmp_path_factory.mktemp("app-data")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_")}
     env.update(
@@ -53,6 +57,10 @@ def live(
         # a second, so any grace would let the restart test's "in-flight" solve complete.
         RISE_SHUTDOWN_GRACE_S="0",
         RISE_REDIS_TIMEOUT_S="5",
+        RISE_VERIFIERS=",".join(
+            f"{name}={verifier.url}/{name}" for name in ("seven", "slow", "error", "garbage")
+        ),
+        RISE_VERIFIER_TIMEOUT_S="1",
         RISE_LOG_LEVEL="warning",
         RISE_ENFORCE_EAGER=os.environ["RISE_ENFORCE_EAGER"],  # tests/conftest.py
         HF_HUB_OFFLINE="1",

@@ -364,3 +364,86 @@ async def test_a_conversation_keeps_one_root_across_requests(
         for header, value in (("X-Session-Id", "bad key!"), ("X-Rise-Affinity", "short")):
             bad = await client.post("/solve", json={"question": "2 + 2?"}, headers={header: value})
             assert bad.status_code == 400 and bad.json()["error"]["param"] == header
+
+
+# ---- feedback (issue 31) -----------------------------------------------------------------------
+
+SLIPPED = ("12 x 6 = 62, so \\boxed{62}.", "12 x 6 = 72, so \\boxed{72}.")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"question": "q", "feedback": "http://evil.example/verify"}, "feedback"),
+        ({"question": "q", "feedback": "nope"}, "feedback"),
+        ({"question": "q", "feedback": "oracle"}, "reference"),
+        ({"question": "q", "stop_on_correct": True}, "reference"),
+    ],
+)
+async def test_solve_refuses_unknown_feedback_and_needs_a_reference_for_the_oracle(
+    engine: TurnScriptEngine, tmp_path: Path, body: dict, param: str
+) -> None:
+    async with serve(engine, tmp_path) as client:
+        response = await client.post("/solve", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+    assert engine.requests == []
+
+
+async def test_solve_with_calculator_feedback_names_the_slip_to_the_next_turn(
+    tiny_tokenizer, tmp_path: Path
+) -> None:
+    engine = TurnScriptEngine(tiny_tokenizer, SLIPPED)
+    body = {"question": "12 bags of 6?", "max_turns": 2, "feedback": "calculator"}
+    async with serve(engine, tmp_path) as client:
+        first = (await client.post("/solve", json=body)).json()
+        plain = (await client.post("/solve", json={**body, "feedback": "fixed"})).json()
+        offered = (await client.get("/feedback")).json()
+    one, two = first["turns"]
+    assert one["feedback"]["provider"] == "calculator"
+    assert (one["feedback"]["verdict"], one["feedback"]["slips"]) == (
+        "incorrect",
+        ["12 x 6 = 72, not 62"],
+    )
+    assert "Check your arithmetic: 12 x 6 = 72, not 62." in engine.requests[1][0]
+    assert two["feedback"]["verdict"] == "unknown" and two["feedback"]["slips"] == []
+    assert plain["turns"][0]["feedback"]["verdict"] == "unknown"
+    assert "Check your arithmetic" not in engine.requests[3][0]  # fixed: RISE's prompt
+    assert offered == {"feedback": ["fixed", "oracle", "calculator"], "default": "fixed",
+                       "verifiers": []}  # fmt: skip
+
+
+async def test_session_keeps_its_feedback_and_a_continuation_may_change_it(
+    tiny_tokenizer, tmp_path: Path
+) -> None:
+    engine = TurnScriptEngine(tiny_tokenizer, SLIPPED)
+    async with serve(engine, tmp_path) as client:
+        body = {"question": "12 bags of 6?", "max_turns": 1, "feedback": "calculator"}
+        session = (await client.post("/solve", json=body)).json()["session_id"]
+        more = await client.post(f"/sessions/{session}/turns", json={"max_turns": 1})
+        other = await client.post(
+            f"/sessions/{session}/turns", json={"max_turns": 1, "feedback": "fixed"}
+        )
+        stored = (await client.get(f"/sessions/{session}")).json()
+    assert more.json()["turns"][-1]["feedback"]["provider"] == "calculator"
+    assert other.json()["turns"][-1]["feedback"]["provider"] == "fixed"
+    assert [t["feedback"]["provider"] for t in stored["turns"]] == [
+        "calculator",
+        "calculator",
+        "fixed",
+    ]
+
+
+async def test_v1_takes_feedback_in_the_rise_extension(tiny_tokenizer, tmp_path: Path) -> None:
+    engine = TurnScriptEngine(tiny_tokenizer, SLIPPED)
+    body = {
+        "model": "rise-2/scripted",
+        "messages": [{"role": "user", "content": "12 bags of 6?"}],
+        "rise": {"feedback": "calculator"},
+    }
+    async with serve(engine, tmp_path) as client:
+        reply = (await client.post("/v1/chat/completions", json=body)).json()
+        bad = await client.post("/v1/chat/completions", json={**body, "rise": {"feedback": "nope"}})
+    turns = reply["choices"][0]["rise"]["turns"]
+    assert turns[0]["feedback"]["slips"] == ["12 x 6 = 72, not 62"]
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rise.feedback"

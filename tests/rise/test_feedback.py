@@ -5,13 +5,8 @@ garbage), and the loop carrying feedback from one turn into the next."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
 from fractions import Fraction
-from pathlib import Path
 
-import httpx
 import pytest
 
 from rise.engine.base import GenerationChunk
@@ -30,7 +25,6 @@ from rise.plan import PlanError, PlanLimits, RequestPlan
 from rise.prompts import ChatRenderer, PromptConfig
 from tests.scripted_engine import ScriptedEngineBase
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = PromptConfig()
 Q = "Ana buys 12 bags with 6 apples in each bag. How many apples does Ana buy?"
 
@@ -170,34 +164,8 @@ def test_plan_needs_a_reference_for_the_oracle_not_for_a_verifier_stop() -> None
 # ---- a real HTTP verifier process --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def verifier_url(tmp_path_factory: pytest.TempPathFactory):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("verifier") / "requests.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "verifier_server.py"), str(port), "--log", str(log)]
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.post(f"{url}/seven", json={}, timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-async def test_verifier_verdicts_and_messages(verifier_url: str) -> None:
-    verifier = HttpVerifier("seven", f"{verifier_url}/seven", timeout_s=2)
+async def test_verifier_verdicts_and_messages(verifier) -> None:
+    verifier = HttpVerifier("seven", f"{verifier.url}/seven", timeout_s=2)
     try:
         wrong = await verifier.judge(attempt("6 + 2 = 8", "8"), PROMPTS)
         right = await verifier.judge(attempt("3 + 4 = 7", "7"), PROMPTS)
@@ -219,9 +187,9 @@ async def test_verifier_verdicts_and_messages(verifier_url: str) -> None:
     ],
 )
 async def test_a_failing_verifier_gives_rises_prompt_and_names_the_failure(
-    verifier_url: str, route: str, error: str
+    verifier, route: str, error: str
 ) -> None:
-    verifier = HttpVerifier(route, f"{verifier_url}/{route}", timeout_s=0.5)
+    verifier = HttpVerifier(route, f"{verifier.url}/{route}", timeout_s=0.5)
     try:
         feedback = await verifier.judge(attempt("6 + 2 = 8", "8"), PROMPTS)
     finally:
@@ -292,11 +260,11 @@ async def test_loop_carries_calculator_feedback_into_the_next_turn(tiny_tokenize
 
 
 async def test_loop_stops_on_a_verifiers_correct_without_a_reference(
-    tiny_tokenizer, verifier_url: str
+    tiny_tokenizer, verifier
 ) -> None:
     replies = ["2 + 3 = 5. The answer is 5.", "3 + 4 = 7. The answer is 7.", "never asked"]
     engine = ReplyEngine(tiny_tokenizer, replies)
-    providers = FeedbackProviders({"seven": HttpVerifier("seven", f"{verifier_url}/seven")})
+    providers = FeedbackProviders({"seven": HttpVerifier("seven", f"{verifier.url}/seven")})
     loop = TurnLoop(engine, ChatRenderer(tiny_tokenizer), providers)
     episode = new_episode("What is 3 + 4?", grader="gsm8k")  # no reference
     plan = RequestPlan(max_turns=3, feedback="seven", stop_on_correct=True)
