@@ -145,3 +145,39 @@ def test_playground_reports_errors_honestly(browser, live: LiveServer) -> None:
     status = wait_for_status(driver, "Not authorised (401)")
     assert "API key" in status
     assert driver.find_element(By.ID, "solve").is_enabled()  # ready for another try
+
+
+def test_playground_picks_feedback_and_shows_it_between_the_turns(
+    browser, live: LiveServer
+) -> None:
+    """The feedback selector lists what GET /feedback offers (the live server's verifiers
+    included); each turn card shows its provider, verdict and the message the next turn got."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    driver = browser
+    driver.get(f"{live.url}/ui")
+    key = driver.find_element(By.ID, "api_key")
+    key.clear()
+    key.send_keys(KEY_A)
+    driver.execute_script("document.getElementById('api_key').dispatchEvent(new Event('change'))")
+    select = Select(driver.find_element(By.ID, "feedback"))
+    WebDriverWait(driver, 30).until(lambda _: len(select.options) > 3)
+    offered = [option.get_attribute("value") for option in select.options]
+    assert offered == ["fixed", "oracle", "calculator", "seven", "slow", "error", "garbage"]
+    select.select_by_value("error")  # a verifier that fails: shown, and the solve goes on
+    for field, value in {"max_turns": "2", "temperature": "0", "max_tokens": "8"}.items():
+        element = driver.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    driver.find_element(By.ID, "question").send_keys("What is 3 + 4?")
+    driver.find_element(By.ID, "solve").click()
+    wait_for_status(driver, "Done")
+    session = stored(live, driver.find_element(By.ID, "session-id").text)
+    boxes = driver.find_elements(By.CSS_SELECTOR, "#turns .turn .feedback")
+    assert len(boxes) == 2 and all(box.is_displayed() for box in boxes)
+    for box, turn in zip(boxes, session["turns"], strict=True):
+        assert turn["feedback"]["provider"] == "error"
+        assert "feedback · error" in box.text and "unknown" in box.text
+        assert "verifier status" in box.text  # the failure, named
+        assert turn["feedback"]["message"] in box.text
