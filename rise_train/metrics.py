@@ -57,7 +57,7 @@ from rise.answers import get_grader
 from rise.episode import Episode, Outcome, Turn
 from rise.voting import majority_vote
 from rise_train.similarity import edit_ratio
-from rise_train.stats import Proportion, paired_bootstrap
+from rise_train.stats import Proportion, cluster_bootstrap, paired_bootstrap
 
 Equivalent = Callable[[str, str], bool]
 HISTOGRAM_BINS = 10
@@ -147,6 +147,7 @@ def per_problem_means(ids: Sequence[str], values: Sequence[float]) -> dict[str, 
 class TurnPair(NamedTuple):
     """Turn k (k >= 2) against turn k-1 of one episode."""
 
+    problem: str  # the episode's problem (rise_train.metrics.problem_id)
     turn: int  # k, 1-based
     previous_right: bool
     identical: bool  # the same output ids (and text, for turns recorded without ids)
@@ -158,8 +159,10 @@ def turn_pairs(episode: Episode, max_turns: int) -> list[TurnPair]:
     """Every pair of consecutive turns actually taken, up to ``max_turns``."""
     equivalent = get_grader(episode.grader).equivalent
     turns = episode.turns[:max_turns]
+    problem = problem_id(episode)
     return [
         TurnPair(
+            problem=problem,
             turn=k + 1,
             previous_right=turn_is_correct(episode, prev),
             identical=cur.output_ids == prev.output_ids and cur.text == prev.text,
@@ -171,17 +174,30 @@ def turn_pairs(episode: Episode, max_turns: int) -> list[TurnPair]:
 
 
 def copy_selectivity(pairs: Sequence[TurnPair]) -> dict[str, Any]:
-    """Identical-text and same-answer rates given the previous turn right / wrong; edit ratios."""
+    """Identical-text and same-answer rates given the previous turn right / wrong; edit ratios.
+
+    A rate counts turn pairs, several per episode and not independent: its interval is a
+    bootstrap over problems (:func:`rise_train.stats.cluster_bootstrap`), not a Wilson
+    interval over pairs."""
     right = [p for p in pairs if p.previous_right]
     wrong = [p for p in pairs if not p.previous_right]
     return {
         "pairs": len(pairs),
-        "identical_given_right": _share([p.identical for p in right]),
-        "identical_given_wrong": _share([p.identical for p in wrong]),
-        "same_answer_given_right": _share([p.same_answer for p in right]),
-        "same_answer_given_wrong": _share([p.same_answer for p in wrong]),
+        "identical_given_right": _clustered(right, lambda p: p.identical),
+        "identical_given_wrong": _clustered(wrong, lambda p: p.identical),
+        "same_answer_given_right": _clustered(right, lambda p: p.same_answer),
+        "same_answer_given_wrong": _clustered(wrong, lambda p: p.same_answer),
         "edit_ratio": distribution([p.edit_ratio for p in pairs]),
     }
+
+
+def _clustered(pairs: Sequence[TurnPair], hit: Callable[[TurnPair], bool]) -> dict[str, Any]:
+    groups: dict[str, list[int]] = {}
+    for pair in pairs:
+        counts = groups.setdefault(pair.problem, [0, 0])
+        counts[0] += int(hit(pair))
+        counts[1] += 1
+    return cluster_bootstrap([(h, n) for h, n in groups.values()])
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Two kinds of number come out of an evaluation, and they need different intervals
 
 - a single proportion (m1@t1, acc@tk, a conditional copy rate): a 95% Wilson score interval. It
   stays inside [0, 1] and behaves at 0/n and n/n, unlike the normal approximation.
+- a rate over events that come in groups (the copy rates count consecutive turn pairs, several
+  per episode, and turns of one episode are not independent): :func:`cluster_bootstrap`
+  resamples the groups (problems), keeping each problem's events together.
 - a paired difference over problems (the sequential gain m1@tN − m1@t1, tuned minus base): both
   sides come from the same problems, so comparing two Wilson intervals would be far too wide.
   :func:`paired_bootstrap` resamples problems (a percentile bootstrap), which needs no normality
@@ -21,6 +24,7 @@ from typing import Any
 Z95 = 1.959963984540054
 WILSON_CI = "Wilson score interval, 95% (z = 1.96)"
 BOOTSTRAP_CI = "paired percentile bootstrap over problems, 95%"
+CLUSTER_CI = "percentile bootstrap over problems (a problem's turns resampled together), 95%"
 _BOOT_CHUNK = 2_000_000  # resampled values held in memory at once
 
 
@@ -99,3 +103,43 @@ def paired_bootstrap(
         means.append(values[rng.integers(0, n, size=(size, n))].mean(axis=1))
     low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
     return _paired_dict(differences, float(low), float(high))
+
+
+def cluster_bootstrap(
+    groups: Sequence[tuple[int, int]], n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """A rate ``sum(hits) / sum(events)`` over groups of events (``(hits, events)`` per
+    problem), with a 95% percentile-bootstrap interval that resamples whole groups.
+
+    The copy rates are rates over consecutive turn pairs, several per episode; a Wilson
+    interval over the pairs would treat them as independent and come out too narrow. Same
+    dict as :meth:`Proportion.to_dict` (``count`` and ``n`` count events), plus ``groups``.
+    Groups without events carry no weight; seeded, so a report is reproducible.
+    """
+    import numpy as np
+
+    kept = [(h, n) for h, n in groups if n > 0]
+    count, total = sum(h for h, _ in kept), sum(n for _, n in kept)
+    out: dict[str, Any] = {
+        "value": count / total if total else 0.0,
+        "count": count,
+        "n": total,
+        "groups": len(kept),
+        "ci95": [0.0, 1.0],
+        "ci": CLUSTER_CI,
+    }
+    if not kept:
+        return out
+    hits = np.asarray([h for h, _ in kept], dtype=float)
+    events = np.asarray([n for _, n in kept], dtype=float)
+    rng = np.random.default_rng(seed)
+    g = len(kept)
+    rows = max(1, _BOOT_CHUNK // g)
+    rates: list[Any] = []
+    for start in range(0, n_boot, rows):
+        size = min(rows, n_boot - start)
+        picks = rng.integers(0, g, size=(size, g))
+        rates.append(hits[picks].sum(axis=1) / events[picks].sum(axis=1))
+    low, high = np.percentile(np.concatenate(rates), [2.5, 97.5])
+    out["ci95"] = [float(low), float(high)]
+    return out

@@ -296,3 +296,19 @@ def test_ablation_metrics() -> None:
 def test_old_reports_still_format() -> None:
     old = {"metrics": {}, "per_turn": [{"turn": 1}]}
     assert format_evidence(old) == ""
+
+
+def test_copy_rates_bootstrap_over_problems_not_pairs() -> None:
+    """Turn pairs of one episode are not independent: a rate whose pairs come in all-or-nothing
+    groups gets a wider interval than a Wilson interval over the pairs would give, and the
+    interval of a steady rate stays narrow."""
+    from rise_train.stats import cluster_bootstrap, wilson_interval
+
+    clustered = cluster_bootstrap([(5, 5)] * 10 + [(0, 5)] * 10)  # 100 pairs, 20 problems
+    assert clustered["value"] == 0.5 and (clustered["count"], clustered["n"]) == (50, 100)
+    low, high = clustered["ci95"]
+    w_low, w_high = wilson_interval(50, 100)
+    assert high - low > 1.5 * (w_high - w_low)
+    steady = cluster_bootstrap([(1, 2)] * 20)  # every problem at 50%
+    assert steady["ci95"] == [0.5, 0.5]
+    assert cluster_bootstrap([(0, 0)])["n"] == 0
