@@ -150,6 +150,7 @@ class TurnPair(NamedTuple):
     problem: str  # the episode's problem (rise_train.metrics.problem_id)
     turn: int  # k, 1-based
     previous_right: bool
+    right: bool
     identical: bool  # the same output ids (and text, for turns recorded without ids)
     same_answer: bool
     edit_ratio: float
@@ -165,6 +166,7 @@ def turn_pairs(episode: Episode, max_turns: int) -> list[TurnPair]:
             problem=problem,
             turn=k + 1,
             previous_right=turn_is_correct(episode, prev),
+            right=turn_is_correct(episode, cur),
             identical=cur.output_ids == prev.output_ids and cur.text == prev.text,
             same_answer=same_answer(prev.answer, cur.answer, equivalent),
             edit_ratio=edit_ratio(prev.output_ids, cur.output_ids),
@@ -187,8 +189,53 @@ def copy_selectivity(pairs: Sequence[TurnPair]) -> dict[str, Any]:
         "identical_given_wrong": _clustered(wrong, lambda p: p.identical),
         "same_answer_given_right": _clustered(right, lambda p: p.same_answer),
         "same_answer_given_wrong": _clustered(wrong, lambda p: p.same_answer),
+        "right_after_wrong": _clustered(wrong, lambda p: p.right),
+        "wrong_after_right": _clustered(right, lambda p: not p.right),
         "edit_ratio": distribution([p.edit_ratio for p in pairs]),
     }
+
+
+FOLLOW_UPS = ("fixed", "repeated", "dropped")
+
+
+def feedback_effects(episodes: Sequence[Episode], max_turns: int) -> dict[str, Any] | None:
+    """What the feedback said and what the next turn did with it (issue 31), or None when no
+    turn carries feedback: verdicts per provider, and for every slip the calculator named
+    after a turn that has a next turn, whether that next turn ``fixed`` it (the same
+    computation with the right result), ``repeated`` it or ``dropped`` it, and whether the next
+    turn was right. Shares are bootstrapped over problems (a problem's slips together)."""
+    from rise.feedback.calculator import slip_followed_up
+
+    verdicts: dict[str, dict[str, int]] = {}
+    follow: dict[str, list[tuple[str, str]]] = {}  # problem -> (follow-up, next right?)
+    any_feedback = False
+    for episode in episodes:
+        turns = episode.turns[:max_turns]
+        for k, turn in enumerate(turns):
+            if turn.feedback is None:
+                continue
+            any_feedback = True
+            counts = verdicts.setdefault(turn.feedback.provider, {})
+            counts[turn.feedback.verdict.value] = counts.get(turn.feedback.verdict.value, 0) + 1
+            if k + 1 >= len(turns):
+                continue
+            after = turns[k + 1]
+            for slip in turn.feedback.slips:
+                outcome = slip_followed_up(slip, after.text)
+                right = "right" if turn_is_correct(episode, after) else "wrong"
+                follow.setdefault(problem_id(episode), []).append((outcome, right))
+    if not any_feedback:
+        return None
+    groups = list(follow.values())
+    report: dict[str, Any] = {"verdicts": verdicts, "slips_named": sum(map(len, groups))}
+    for outcome in FOLLOW_UPS:
+        report[f"slips_{outcome}"] = cluster_bootstrap(
+            [(sum(o == outcome for o, _ in g), len(g)) for g in groups]
+        )
+    report["next_turn_right_after_slip"] = cluster_bootstrap(
+        [(sum(r == "right" for _, r in g), len(g)) for g in groups]
+    )
+    return report
 
 
 def _clustered(pairs: Sequence[TurnPair], hit: Callable[[TurnPair], bool]) -> dict[str, Any]:
@@ -280,6 +327,7 @@ def compute_metrics(
         "sequential_gain": paired_bootstrap([final[i] - first[i] for i in first]),
         "flips": _pooled_flips(per_turn),
         "copy_selectivity": copy_selectivity([p for ps in pairs for p in ps]),
+        "feedback": feedback_effects(episodes, max_turns),
         "exploration": _exploration(episodes, flags, parallel_answers, max_turns, p),
         "per_problem": {
             "ids": list(first),

@@ -61,7 +61,7 @@ def normalise(expression: str) -> str | None:
     text = expression.replace("$", "").replace(",", "")
     for symbol, operator in _SYMBOLS.items():  # the LaTeX commands before their letters
         text = text.replace(symbol, operator)
-    text = " ".join(text.split())
+    text = "".join(text.split())  # one spelling per computation: "12*6" for "12 x 6", "12x6"
     if not _SAFE.fullmatch(text) or text.count("(") != text.count(")"):
         return None
     return text
@@ -110,20 +110,52 @@ def _matches(value: Fraction, written: Fraction, decimals: int) -> bool:
     return abs(value - written) <= Fraction(1, 2 * 10**decimals)
 
 
-def find_slips(text: str) -> list[Slip]:
-    """Every arithmetic statement of ``text`` whose written result is wrong, in order."""
-    slips = []
+@dataclass(frozen=True)
+class Statement:
+    """One checkable statement: ``expression = written`` and the expression's exact value."""
+
+    expression: str  # as written, e.g. "12 x 6"
+    normalised: str  # "12 * 6": two statements of the same computation compare equal here
+    written: str  # the claimed result as written
+    value: Fraction  # the right result
+
+    @property
+    def right(self) -> bool:
+        claimed = _written_value(self.written)
+        return claimed is not None and _matches(self.value, *claimed)
+
+
+def statements(text: str) -> list[Statement]:
+    """Every arithmetic statement of ``text`` the calculator can check, in order."""
+    found = []
     for match in _STATEMENT.finditer(text):
         lhs, rhs = match.group("lhs").strip(), match.group("rhs").strip()
         normalised = normalise(lhs)
-        claimed = _written_value(rhs)
-        if normalised is None or claimed is None:
+        if normalised is None or _written_value(rhs) is None:
             continue
         value = evaluate(normalised)
-        if value is None or _matches(value, *claimed):
-            continue
-        slips.append(Slip(" ".join(lhs.split()), rhs, value))
-    return slips
+        if value is not None:
+            found.append(Statement(" ".join(lhs.split()), normalised, rhs, value))
+    return found
+
+
+def find_slips(text: str) -> list[Slip]:
+    """Every arithmetic statement of ``text`` whose written result is wrong, in order."""
+    return [Slip(s.expression, s.written, s.value) for s in statements(text) if not s.right]
+
+
+def slip_followed_up(slip_text: str, next_text: str) -> str:
+    """What the turn after a named slip did with it: ``fixed`` (it writes the same computation
+    with the right result), ``repeated`` (the same wrong result again), else ``dropped`` (the
+    computation is gone). ``slip_text`` is a slip as named ("12 x 6 = 72, not 62")."""
+    expression = slip_text.rsplit(" = ", 1)[0]
+    normalised = normalise(expression)
+    later = [s for s in statements(next_text) if s.normalised == normalised]
+    if any(s.right for s in later):
+        return "fixed"
+    if later:
+        return "repeated"
+    return "dropped"
 
 
 def format_number(value: Fraction) -> str:

@@ -18,7 +18,13 @@ from rise.feedback import (
     FixedFeedback,
     OracleFeedback,
 )
-from rise.feedback.calculator import evaluate, find_slips, format_number, normalise
+from rise.feedback.calculator import (
+    evaluate,
+    find_slips,
+    format_number,
+    normalise,
+    slip_followed_up,
+)
 from rise.feedback.verifier import HttpVerifier, VerifierSettings, parse_verifiers
 from rise.loop import TurnLoop, new_episode
 from rise.plan import PlanError, PlanLimits, RequestPlan
@@ -65,10 +71,10 @@ def test_calculator_finds_no_slip_in_right_or_uncheckable_text(text: str) -> Non
 
 
 def test_calculator_arithmetic_is_exact_and_sanitised() -> None:
-    assert normalise("12 x 6") == "12 * 6" and normalise("1,000 ÷ 8") == "1000 / 8"
+    assert normalise("12 x 6") == normalise("12x6") == "12*6" and normalise("1,000 ÷ 8") == "1000/8"
     assert normalise("(3 + 4") is None and normalise("import os") is None
-    assert evaluate("1 / 3 + 1 / 6") == Fraction(1, 2)
-    assert evaluate("0.1 + 0.2") == Fraction(3, 10)
+    assert evaluate("1/3+1/6") == Fraction(1, 2)
+    assert evaluate("0.1+0.2") == Fraction(3, 10)
     with pytest.raises(ValueError):
         evaluate("__import__('os')")
     assert [format_number(Fraction(*v)) for v in ((72, 1), (7, 2), (1, 8), (7, 3))] == [
@@ -277,3 +283,17 @@ async def test_loop_stops_on_a_verifiers_correct_without_a_reference(
     ]
     assert episode.stop_reason is StopReason.ORACLE
     assert episode.turns[1].user_message.startswith("The result should be 7.")
+
+
+@pytest.mark.parametrize(
+    ("later", "follow_up"),
+    [
+        ("So 12 x 6 = 72 apples.", "fixed"),
+        ("12 × 6 = 72", "fixed"),  # another spelling of the same computation
+        ("12x6 = 62 again", "repeated"),
+        ("The answer is 7.", "dropped"),
+    ],
+)
+def test_a_named_slip_is_followed_up_fixed_repeated_or_dropped(later: str, follow_up: str) -> None:
+    (slip,) = find_slips("12 x 6 = 62")
+    assert slip_followed_up(str(slip), later) == follow_up

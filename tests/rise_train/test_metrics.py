@@ -312,3 +312,29 @@ def test_copy_rates_bootstrap_over_problems_not_pairs() -> None:
     steady = cluster_bootstrap([(1, 2)] * 20)  # every problem at 50%
     assert steady["ci95"] == [0.5, 0.5]
     assert cluster_bootstrap([(0, 0)])["n"] == 0
+
+
+def test_feedback_effects_follow_every_named_slip_into_the_next_turn() -> None:
+    from rise.episode import Feedback, Outcome, Verdict
+    from rise_train.metrics import feedback_effects
+
+    def judged(text: str, answer: str, index: int, slips: tuple[str, ...] = ()) -> Turn:
+        verdict = Verdict.INCORRECT if slips else Verdict.UNKNOWN
+        t = turn(text, answer, [index], index)
+        t.outcome = Outcome.CORRECT if answer == "72" else Outcome.WRONG
+        t.feedback = Feedback("calculator", verdict, "m", slips)
+        return t
+
+    slip = ("12 x 6 = 72, not 62",)
+    fixed = Episode(question="q", reference="72", grader="gsm8k", turns=[
+        judged("12 x 6 = 62", "62", 0, slip), judged("12 x 6 = 72", "72", 1)])  # fmt: skip
+    repeated = Episode(question="r", reference="72", grader="gsm8k", turns=[
+        judged("12 x 6 = 62", "62", 0, slip), judged("12 x 6 = 62", "62", 1, slip)])  # fmt: skip
+    report = feedback_effects([fixed, repeated], max_turns=2)
+    assert report is not None
+    assert report["verdicts"] == {"calculator": {"incorrect": 3, "unknown": 1}}
+    assert report["slips_named"] == 2  # the last turn's slip has no next turn
+    assert (report["slips_fixed"]["count"], report["slips_repeated"]["count"]) == (1, 1)
+    assert report["next_turn_right_after_slip"]["value"] == 0.5
+    plain = Episode(question="p", turns=[turn("t", None, [1])])
+    assert feedback_effects([plain], max_turns=1) is None
