@@ -19,8 +19,10 @@ import typer
 from rise.answers import GRADER_NAMES
 from rise.engine.base import PromptTooLongError
 from rise.engine.config import EngineSettings
+from rise.feedback import FeedbackProviders
+from rise.feedback.verifier import HttpVerifier, VerifierSettings
 from rise.loop import EpisodeEvent, TokenEvent, TurnEvent, TurnLoop, new_episode
-from rise.plan import CLI_PLAN, PlanError, RequestPlan, mode_rules
+from rise.plan import BUILTIN_FEEDBACK, CLI_PLAN, PlanError, RequestPlan, mode_rules
 from rise.prompt_file import ActivePrompts, local_model_dir, resolve_prompts
 from rise.prompts import ChatRenderer
 from rise.voting import ANSWER_MODES
@@ -41,6 +43,7 @@ _FLAGS = {
     "top_p": "--top-p",
     "max_tokens": "--max-tokens",
     "stop_on_correct": "--mode",
+    "feedback": "--feedback",
     "reference": "--reference",
 }
 
@@ -78,6 +81,13 @@ def solve(
     ] = CLI_PLAN.mode,
     reference: Annotated[str | None, typer.Option(help="Known answer (grades each turn).")] = None,
     grader: Annotated[str, typer.Option(help="gsm8k | math | exact.")] = "gsm8k",
+    feedback: Annotated[
+        str,
+        typer.Option(
+            help="What follows each turn: fixed (RISE's prompt) | oracle | calculator | a "
+            "verifier named in RISE_VERIFIERS."
+        ),
+    ] = CLI_PLAN.feedback,
     converge: Annotated[
         int | None, typer.Option(help="Stop once the last K answers agree.", min=2)
     ] = CLI_PLAN.converge_k,
@@ -119,10 +129,15 @@ def solve(
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
+            feedback=feedback,
             **mode_rules(mode),  # type: ignore[arg-type]
         )
+        verifiers = VerifierSettings().providers()  # type: ignore[call-arg]  # from RISE_* env
+        offered = (*BUILTIN_FEEDBACK, *verifiers)
+        if feedback not in offered:
+            raise PlanError(f"must be one of {', '.join(offered)}", "feedback")
         if plan.needs_reference and reference is None:
-            raise PlanError(f"mode {mode!r} needs --reference", "reference")
+            raise PlanError(f"mode {mode!r} / feedback {feedback!r} needs --reference", "reference")
     except PlanError as error:
         raise typer.BadParameter(str(error), param_hint=_FLAGS.get(error.field)) from error
     overrides: dict[str, object] = {"seed": seed, "enforce_eager": not compile_model}
@@ -138,7 +153,7 @@ def solve(
     except (OSError, ValueError) as error:
         raise typer.BadParameter(str(error), param_hint="--prompts") from error
     try:
-        asyncio.run(_solve(settings, active, question, reference, grader, plan, as_json))
+        asyncio.run(_solve(settings, active, question, reference, grader, plan, as_json, verifiers))
     except PromptTooLongError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
@@ -152,6 +167,7 @@ async def _solve(
     grader: str,
     plan: RequestPlan,
     as_json: bool,
+    verifiers: dict[str, HttpVerifier],
 ) -> None:
     from rise.engine import build_engine
 
@@ -165,7 +181,8 @@ async def _solve(
     if active.source != "default":
         typer.echo(active.describe(), err=True)
     try:
-        loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, active.prompts))
+        providers = FeedbackProviders(verifiers)
+        loop = TurnLoop(engine, ChatRenderer(engine.tokenizer, active.prompts), providers)
         context = active.prompts.context()  # system prompt and demonstrations, as in training
         episode = new_episode(question, reference=reference, grader=grader, context=context)
         out = sys.stderr if as_json else sys.stdout
@@ -185,6 +202,11 @@ async def _solve(
                     f"{turn.prompt_tokens} prompt tokens cached, {turn.latency_s:.1f} s)",
                     file=out,
                 )
+                given = turn.feedback
+                if given is not None and plan.feedback != "fixed":
+                    failed = f", {given.error}" if given.error else ""
+                    print(f"→ {given.provider} ({given.verdict.value}{failed}): {given.message}",
+                          file=out)  # fmt: skip
             elif isinstance(event, EpisodeEvent):
                 vote = event.vote
                 print(_rule("result"), file=out)
@@ -201,3 +223,4 @@ async def _solve(
             print(json.dumps(episode.to_dict(), indent=2))
     finally:
         await engine.close()
+        await providers.aclose()

@@ -180,3 +180,15 @@ def test_sampled_answers_are_as_good_as_without_speculation(data_dir: Path, tmp_
     assert low <= ref_high and ref_low <= high, (
         f"accuracy [{low:.2f}, {high:.2f}], speculation off [{ref_low:.2f}, {ref_high:.2f}]"
     )
+
+
+def test_cli_refuses_an_unknown_feedback_and_the_oracle_without_a_reference() -> None:
+    for args, needle in (
+        (["solve", "q", "--feedback", "nope"], "fixed, oracle, calculator"),
+        (["solve", "q", "--feedback", "oracle"], "--reference"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "rise", *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert needle in result.stderr
