@@ -97,7 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rise: '... Please try again. Here's the question: {q}'; short: the paper's text",
     )  # fmt: skip
     p.add_argument("--criteria", default="all", choices=["all", "better", "best", "success"])
-    p.add_argument("--weighting", default="rwr", choices=["rwr", "awr", "uniform", "advantage"])
+    p.add_argument(
+        "--weighting", default="rwr", choices=["rwr", "awr", "uniform", "advantage"],
+        help="the objective: rwr | awr | uniform (objective sft) | advantage; with --pairs, "
+        "objective preference",
+    )  # fmt: skip
     p.add_argument("--target", default="chosen", choices=["chosen", "dissimilar"])
     p.add_argument("--first-turn", default="full", choices=["full", "unit", "exclude"])
     p.add_argument("--progress-bonus", type=float, default=0.0)
