@@ -66,6 +66,7 @@ from rise_train.iterate import (
     run,
     save_manifest,
 )
+from rise_train.objectives import ObjectiveName
 
 SHORT_INTROSPECTION = "The answer is incorrect. Please try again."  # the paper's text
 
@@ -96,7 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="rise: '... Please try again. Here's the question: {q}'; short: the paper's text",
     )  # fmt: skip
     p.add_argument("--criteria", default="all", choices=["all", "better", "best", "success"])
-    p.add_argument("--weighting", default="rwr", choices=["rwr", "awr", "uniform", "advantage"])
+    p.add_argument(
+        "--weighting", default="rwr", choices=["rwr", "awr", "uniform", "advantage"],
+        help="the objective: rwr | awr | uniform (objective sft) | advantage; with --pairs, "
+        "objective preference",
+    )  # fmt: skip
     p.add_argument("--target", default="chosen", choices=["chosen", "dissimilar"])
     p.add_argument("--first-turn", default="full", choices=["full", "unit", "exclude"])
     p.add_argument("--progress-bonus", type=float, default=0.0)
@@ -194,7 +199,8 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         "gradient_accumulation_steps": args.grad_accum, "max_length": args.max_length,
         "save_strategy": "no", "seed": args.train_seed, "pref_beta": args.pref_beta,
     }  # fmt: skip
-    if args.policy_clip:
+    name = objective(args)
+    if name == "advantage":
         train_args.update(
             policy_clip=args.policy_clip, anchor_kl_coef=args.anchor_kl,
             anchor_turns=args.anchor_turns,
@@ -208,7 +214,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
             seed=args.seed,
         ),
         build=BuildConfig(
-            criteria=args.criteria, weighting=args.weighting, target=args.target,
+            objective=name, criteria=args.criteria, target=args.target,
             first_turn=args.first_turn, progress_bonus=args.progress_bonus, pairs=args.pairs,
             negative_scale=args.negative_scale, mask_negative_stop=args.mask_negative_stop,
             copy_penalty=args.copy_penalty, max_corrections=args.max_corrections,
@@ -224,6 +230,23 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
         prompts=prompts(args),
         progress=not args.quiet,
     )  # fmt: skip
+
+
+def objective(args: argparse.Namespace) -> ObjectiveName:
+    """The objective this study's flags name (they predate ``objective``, and its commands in
+    docs/EXPERIMENTS.md keep them): ``--weighting``, and ``--pairs`` for the preference loss."""
+    if args.pairs != "none":
+        if args.weighting != "rwr":
+            raise SystemExit("--pairs trains objective 'preference', whose examples are rwr's")
+        return "preference"
+    if args.weighting != "advantage" and (args.policy_clip or args.anchor_kl):
+        raise SystemExit("--policy-clip and --anchor-kl apply to --weighting advantage")
+    if args.weighting == "advantage" and args.policy_clip <= 0:
+        raise SystemExit("--weighting advantage trains with the clipped ratio: give --policy-clip")
+    names: dict[str, ObjectiveName] = {
+        "rwr": "rwr", "awr": "awr", "uniform": "sft", "advantage": "advantage"
+    }  # fmt: skip
+    return names[args.weighting]
 
 
 def matched_control(args: argparse.Namespace, source: Path) -> argparse.Namespace:

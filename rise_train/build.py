@@ -2,82 +2,16 @@
 
 A trajectory (:class:`~rise_train.records.Trajectory`, written by ``collect``) holds, per turn,
 the exact prompt ids of the state s_t, every scored candidate and the index of the one kept as
-a_t. This module turns them into :class:`~rise_train.records.Example` rows (the loss covers the
-target turn only; the context is exactly the token sequence the service would have sent) and,
-on request, :class:`~rise_train.records.PreferencePair` rows for the copy-as-negative loss.
+a_t. This module turns the kept actions into :class:`~rise_train.records.Example` rows — the
+state's ids are context (no loss), the action's ids the target, so the model trains on exactly
+the token sequence the service would have sent — weighted for the run's objective
+(:mod:`rise_train.objectives`), and, for objective ``preference``, adds
+:class:`~rise_train.records.PreferencePair` rows. :class:`BuildConfig` says which actions
+(``criteria``), which target, how they are weighted and de-duplicated; docs/RISE.md §3 states
+every rule, and :class:`BuildStats` reports what each rule did and the data's composition.
 
-**Which actions become examples** (``criteria``), for an action with reward r at turn t, where
-r_0..r_{t-1} are the rewards of the trajectory's *chosen* actions at the earlier turns:
-
-- ``all``: every action. ``better``: r > r_{t-1} (turn 0 is compared with a wrong answer, 0).
-- ``best``: r >= max(r_0..r_{t-1}) (turn 0 always kept). ``success``: r == 1.
-
-**The target of a correction turn** (``target``): ``chosen`` is the trajectory's action (the
-first best candidate); ``dissimilar`` picks, among the turn's correct candidates, the one least
-like the previous attempt (edit-distance ratio of the token ids, :mod:`rise_train.similarity`) —
-Welleck et al. favour minimal edits, which here teaches copying; RISE wants a real change.
-
-**Within-trajectory de-duplication** (``dedup_trajectory``, the public RISE code's
-``--remove_duplication``, extended): a turn ≥ 2 target is dropped when its tokens repeat an
-earlier chosen action of the same trajectory, or when its final answer equals that of an earlier
-*wrong* attempt (a new wording of the same mistake teaches the same mistake). ``dedup`` also
-drops repeated (prompt, target) pairs across the whole input.
-
-**Weights** (``weighting``), with τ = ``tau``:
-
-- ``rwr``: w = exp(r/τ) (τ = 0.4: correct ≈ 12.18, wrong = 1.0, unparseable ≈ 0.082).
-- ``awr``: w = max(0, exp(r/τ) - mean exp(r'/τ)), the mean over every attempt at the same
-  problem (all candidates of all its turns); zero-weight examples are dropped.
-- ``uniform``: w = 1.
-- ``advantage`` (signed, for on-policy cycles trained with ``--policy-clip``; SCoRe/RLOO): every
-  candidate of every state becomes an example with w = r − b, where b is the mean reward of the
-  *other* candidates of the same state (leave-one-out) or, for a state with one candidate (RISE's
-  single turn-1 sample), the mean reward of every candidate at that turn number in the input.
-  Samples worse than their state's others get negative weights; ``criteria`` must be ``all``.
-  A negative example is never de-duplicated (a copied wrong attempt is exactly what it should
-  push down), and ``dedup`` (repeated prompt + target) is off: identical on-policy samples are
-  two samples. ``negative_scale`` multiplies the negative advantages (1: as computed; 0: drop
-  them): E4 pilot 3 (docs/EXPERIMENTS.md) balanced +51 against −51 and still lost the answer
-  line's stop, so the push-down can be weakened without losing its direction.
-  ``mask_negative_stop`` aims at that failure itself: a negative example leaves its final
-  end-of-sequence token out of the loss. A wrong answer pushed down whole also pushes down the
-  stop after its answer line — the very token a right answer ends with — so the model learns
-  to write on past the answer; masked, the stop is taught by the positive examples only and
-  the wrong content is still pushed down.
-  ``copy_penalty`` = c shapes the reward inside the advantages: a correction that repeats an
-  earlier wrong attempt of its trajectory (its tokens, or its final answer — the
-  de-duplication rule above) counts as r − c. It is the signed twin of the extended
-  de-duplication: where RWR drops such a repeat, the advantage pushes it below the state's
-  other wrong answers. Without it, a state whose corrections are all wrong has no contrast
-  (every advantage 0, the state unused) and a state with a right correction pushes *every*
-  wrong one down alike, the changed answers with the copies — which E4 at full size read as
-  "do not change" (docs/EXPERIMENTS.md). With it, changing a wrong answer is preferred to
-  repeating it even when nothing right was found, and the state's weights still sum to zero.
-
-``max_corrections`` keeps at most N correction examples (turn ≥ 2), drawn uniformly (seeded)
-from those built; first answers are all kept. It fixes the training budget when an option makes
-more states informative, so a comparison changes what the corrections say, not how many steps
-train on them or how much the first answers weigh (a uniform draw leaves the expected gradient
-of the leave-one-out weights as it is; only its variance grows).
-
-then, for turn-1 targets, ``first_turn``: ``full`` (as above), ``unit`` (weight 1: the first
-answer is not up-weighted, so the optimum is not "best first answer, then copy"), or
-``exclude``; and for later turns the SCoRe-style **progress bonus** w += α·(r_t − r_{t−1})
-(``progress_bonus`` = α; a right→wrong target can go to 0 and is then dropped; under
-``advantage`` the bonus is signed too, and ``unit`` keeps only the sign). SCoRe shapes
-the RL reward with α·(r2 − r1); in reward-weighted regression the weight is the lever, and an
-additive bonus keeps exp(r/τ)'s scale instead of exp(α/τ) overflowing it.
-
-**Preference pairs** (``pairs``): ``fix`` — in every wrong-attempt state that has a correct
-candidate, chosen = that candidate (the ``target`` rule), rejected = the wrong previous attempt
-repeated verbatim; ``fix+keep`` adds, in right-attempt states (collected with
-``continue_after_correct``), chosen = the right attempt repeated, rejected = a wrong candidate.
-
-Truncation to ``max_length`` cuts the context's left end and keeps the target whole; a target
-that cannot fit with one context token is dropped, as are empty targets.
-
-``build`` reports the **data composition**: the count and weight share of turn-1 targets and of
-wrong→right, right→right, wrong→wrong (and right→wrong) examples, plus the pairs by type.
+RISE's own options come first in :class:`BuildConfig`; the study's additions (docs/EXPERIMENTS.md,
+"How the training options came to be") after them.
 """
 
 from __future__ import annotations
@@ -86,12 +20,13 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from rise.answers import get_grader
 from rise.episode import Episode, Turn
+from rise_train.objectives import ObjectiveName, check_objective
 from rise_train.records import (
     IGNORE_INDEX,
     TRANSITIONS,
@@ -106,10 +41,17 @@ from rise_train.records import (
 )
 from rise_train.similarity import edit_ratio
 
-__all__ = ["IGNORE_INDEX", "BuildConfig", "BuildStats", "build", "build_examples"]
+__all__ = [
+    "IGNORE_INDEX",
+    "BuildConfig",
+    "BuildStats",
+    "build",
+    "build_examples",
+    "fit_pair",
+    "truncate_left",
+]
 
 CRITERIA = ("all", "better", "best", "success")
-WEIGHTINGS = ("rwr", "awr", "uniform", "advantage")
 TARGETS = ("chosen", "dissimilar")
 FIRST_TURN = ("full", "unit", "exclude")
 PAIRS = ("none", "fix", "fix+keep")
@@ -119,51 +61,18 @@ PAIRS = ("none", "fix", "fix+keep")
 class BuildConfig:
     """How trajectories become examples; every field is a CLI flag."""
 
+    objective: ObjectiveName = field(
+        default="rwr",
+        metadata={
+            "help": "The training objective, which sets the example weights (docs/RISE.md §4): "
+            "rwr exp(r/tau) (RISE) | awr | sft (weight 1) | advantage (signed) | preference "
+            "(rwr + --pairs)."
+        },
+    )
     criteria: Literal["all", "better", "best", "success"] = field(
         default="all", metadata={"help": "Which actions to keep: all | better | best | success."}
     )
-    weighting: Literal["rwr", "awr", "uniform", "advantage"] = field(
-        default="rwr",
-        metadata={"help": "Example weight: rwr exp(r/tau) | awr | uniform | advantage (signed)."},
-    )
     tau: float = field(default=0.4, metadata={"help": "Temperature of exp(r/tau)."})
-    target: Literal["chosen", "dissimilar"] = field(
-        default="chosen",
-        metadata={"help": "Correction target: chosen | dissimilar (least like the attempt)."},
-    )
-    first_turn: Literal["full", "unit", "exclude"] = field(
-        default="full", metadata={"help": "Turn-1 targets: full weight | unit weight | exclude."}
-    )
-    progress_bonus: float = field(
-        default=0.0, metadata={"help": "alpha of the weight bonus alpha*(r_t - r_{t-1})."}
-    )
-    negative_scale: float = field(
-        default=1.0,
-        metadata={"help": "Multiplier of negative advantages (advantage weighting; 0 drops them)."},
-    )
-    mask_negative_stop: bool = field(
-        default=False,
-        metadata={
-            "help": "Leave a negative example's final end-of-sequence token out of its loss."
-        },
-    )
-    copy_penalty: float = field(
-        default=0.0,
-        metadata={
-            "help": "Advantage weighting: a correction repeating an earlier wrong attempt "
-            "(tokens or answer) counts as reward r - c (0: off)."
-        },
-    )
-    max_corrections: int | None = field(
-        default=None,
-        metadata={
-            "help": "Keep at most N correction examples (turn >= 2), drawn uniformly (seeded)."
-        },
-    )
-    pairs: Literal["none", "fix", "fix+keep"] = field(
-        default="none", metadata={"help": "Preference pairs: none | fix | fix+keep."}
-    )
-    pair_weight: float = field(default=1.0, metadata={"help": "Weight of every pair row."})
     include_candidates: bool = field(
         default=False,
         metadata={"help": "Make an example of every scored candidate, not only the target."},
@@ -185,10 +94,51 @@ class BuildConfig:
         metadata={"help": "Tokenizer (model folder) to render trajectories stored without ids."},
     )
 
+    # The study's additions (docs/EXPERIMENTS.md), against copying and for signed advantages.
+    target: Literal["chosen", "dissimilar"] = field(
+        default="chosen",
+        metadata={"help": "Correction target: chosen | dissimilar (least like the attempt)."},
+    )
+    first_turn: Literal["full", "unit", "exclude"] = field(
+        default="full", metadata={"help": "Turn-1 targets: full weight | unit weight | exclude."}
+    )
+    progress_bonus: float = field(
+        default=0.0, metadata={"help": "alpha of the weight bonus alpha*(r_t - r_{t-1})."}
+    )
+    pairs: Literal["none", "fix", "fix+keep"] = field(
+        default="none",
+        metadata={"help": "Objective preference: its pairs, fix | fix+keep (none otherwise)."},
+    )
+    negative_scale: float = field(
+        default=1.0,
+        metadata={"help": "Objective advantage: multiplier of negative weights (0 drops them)."},
+    )
+    mask_negative_stop: bool = field(
+        default=False,
+        metadata={
+            "help": "Objective advantage: leave a negative example's final end-of-sequence "
+            "token out of its loss."
+        },
+    )
+    copy_penalty: float = field(
+        default=0.0,
+        metadata={
+            "help": "Objective advantage: a correction repeating an earlier wrong attempt "
+            "(tokens or answer) counts as reward r - c (0: off)."
+        },
+    )
+    max_corrections: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep at most N correction examples (turn >= 2), drawn uniformly (seeded)."
+        },
+    )
+
     def __post_init__(self) -> None:
+        check_objective(self.objective)
         for name, allowed in (
-            ("criteria", CRITERIA), ("weighting", WEIGHTINGS), ("target", TARGETS),
-            ("first_turn", FIRST_TURN), ("pairs", PAIRS),
+            ("criteria", CRITERIA), ("target", TARGETS), ("first_turn", FIRST_TURN),
+            ("pairs", PAIRS),
         ):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -196,27 +146,31 @@ class BuildConfig:
             raise ValueError(f"tau must be positive, got {self.tau}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {self.max_length}")
-        if self.progress_bonus < 0 or self.pair_weight <= 0:
-            raise ValueError("progress_bonus must be >= 0 and pair_weight > 0")
+        if self.progress_bonus < 0:
+            raise ValueError("progress_bonus must be >= 0")
+        if self.objective == "preference" and self.pairs == "none":
+            raise ValueError("objective 'preference' needs pairs: fix | fix+keep")
+        if self.objective != "preference" and self.pairs != "none":
+            raise ValueError("pairs apply to objective 'preference' only")
         if not 0.0 <= self.negative_scale <= 1.0:
             raise ValueError(f"negative_scale must be in [0, 1], got {self.negative_scale}")
-        if self.negative_scale != 1.0 and self.weighting != "advantage":
-            raise ValueError("negative_scale applies to weighting 'advantage' only")
-        if self.mask_negative_stop and self.weighting != "advantage":
-            raise ValueError("mask_negative_stop applies to weighting 'advantage' only")
+        if self.negative_scale != 1.0 and not self.signed:
+            raise ValueError("negative_scale applies to objective 'advantage' only")
+        if self.mask_negative_stop and not self.signed:
+            raise ValueError("mask_negative_stop applies to objective 'advantage' only")
         if self.copy_penalty < 0:
             raise ValueError(f"copy_penalty must be >= 0, got {self.copy_penalty}")
-        if self.copy_penalty and self.weighting != "advantage":
-            raise ValueError("copy_penalty applies to weighting 'advantage' only")
+        if self.copy_penalty and not self.signed:
+            raise ValueError("copy_penalty applies to objective 'advantage' only")
         if self.max_corrections is not None and self.max_corrections < 0:
             raise ValueError(f"max_corrections must be >= 0, got {self.max_corrections}")
-        if self.weighting == "advantage" and self.criteria != "all":
-            raise ValueError("weighting 'advantage' needs criteria 'all' (the baseline needs them)")
+        if self.signed and self.criteria != "all":
+            raise ValueError("objective 'advantage' needs criteria 'all' (the baseline needs them)")
 
     @property
     def signed(self) -> bool:
         """Weights are advantages: negative ones allowed, every candidate an example."""
-        return self.weighting == "advantage"
+        return self.objective == "advantage"
 
 
 @dataclass
@@ -288,11 +242,11 @@ def example_weight(
         else:
             w = w + config.progress_bonus * (reward - previous)
         return w * config.negative_scale if w < 0 else w
-    if config.weighting == "uniform":
+    if config.objective == "sft":
         w = 1.0
-    else:
+    else:  # rwr, and preference's examples
         w = rwr_weight(reward, config.tau)
-        if config.weighting == "awr":
+        if config.objective == "awr":
             # The tiny epsilon absorbs float noise when every attempt has the same reward.
             w = w - baseline
             w = w if w > 1e-9 * max(baseline, 1.0) else 0.0
@@ -330,6 +284,16 @@ def truncate_left(
     if room < 1:
         return None
     return prompt_ids[-room:], target_ids
+
+
+def fit_pair(pair: PreferencePair, max_length: int | None) -> PreferencePair | None:
+    """The pair with its prompt cut from the left so that prompt + the longer response fits
+    ``max_length`` (:func:`truncate_left`'s rule); None when it cannot."""
+    longest = max(len(pair.chosen_ids), len(pair.rejected_ids))
+    fitted = truncate_left(pair.prompt_ids, [0] * longest, max_length)
+    if fitted is None:
+        return None
+    return replace(pair, prompt_ids=fitted[0])
 
 
 # -- trajectories → actions --------------------------------------------------------------------
@@ -468,16 +432,22 @@ def _repeats(action: _Action) -> str | None:
 
 
 def _pairs(action: _Action, config: BuildConfig) -> Iterator[PreferencePair]:
-    """The preference pairs of a target's state (see the module docstring)."""
+    """The preference pairs of a target's state (docs/RISE.md §3): ``fix`` — after a wrong
+    attempt, a correct target over the attempt repeated verbatim; ``keep`` (``fix+keep``) — after
+    a right attempt, the attempt repeated over a wrong candidate of the state."""
     if config.pairs == "none" or not action.is_target or not action.earlier_ids:
         return
     previous_ids = action.earlier_ids[-1]
     previous_right = (action.previous_reward or 0.0) >= 1.0
-    meta = {"problem_id": action.problem_id, "turn": action.turn, "weight": config.pair_weight}
+
+    def pair(chosen: list[int], rejected: list[int], pair_type: str) -> PreferencePair:
+        return PreferencePair(
+            action.prompt_ids, chosen, rejected, problem_id=action.problem_id, turn=action.turn,
+            pair_type=pair_type,
+        )  # fmt: skip
+
     if not previous_right and action.candidate.correct and action.target_ids != previous_ids:
-        yield PreferencePair(
-            action.prompt_ids, action.target_ids, previous_ids, pair_type="fix", **meta
-        )
+        yield pair(action.target_ids, previous_ids, "fix")
     if previous_right and config.pairs == "fix+keep":
         wrong = next(
             (
@@ -488,7 +458,7 @@ def _pairs(action: _Action, config: BuildConfig) -> Iterator[PreferencePair]:
             None,
         )
         if wrong is not None:
-            yield PreferencePair(action.prompt_ids, previous_ids, wrong, pair_type="keep", **meta)
+            yield pair(previous_ids, wrong, "keep")
 
 
 # -- the builder -------------------------------------------------------------------------------
@@ -510,7 +480,7 @@ def build_examples(
     lazy = _LazyRenderer(renderer, config.tokenizer)
 
     baseline: dict[str, float] = {}  # awr needs every attempt at a problem first
-    if config.weighting == "awr":
+    if config.objective == "awr":
         attempts: dict[str, list[float]] = defaultdict(list)
         for record in records:
             for turn in record.turns:
@@ -533,7 +503,7 @@ def build_examples(
     ratios: list[tuple[Example, float]] = []
     for action in actions:
         for pair in _pairs(action, config):
-            fitted_pair = _fit_pair(pair, config.max_length)
+            fitted_pair = fit_pair(pair, config.max_length)
             if fitted_pair is not None:
                 rows.append(fitted_pair)
                 stats.pairs_by_type[pair.pair_type] = stats.pairs_by_type.get(pair.pair_type, 0) + 1
@@ -621,7 +591,7 @@ def _example(
         stats.empty_target += 1  # no target, or the stop alone: nothing left to push down
         return None
     key = (tuple(action.prompt_ids), tuple(action.target_ids))
-    if config.dedup and not config.signed and key in seen:
+    if config.dedup and not config.signed and key in seen:  # two on-policy samples are two
         stats.duplicates += 1
         return None
     seen.add(key)
@@ -644,24 +614,17 @@ def _example(
         transition=transition(action.previous_reward, reward),
     )
     if mask_stop:
-        example.labels[-1] = IGNORE_INDEX  # the stop the candidate ended with (see the docstring)
+        # A wrong answer pushed down whole also pushes down the stop after its answer line, the
+        # token every right answer ends with too: the positive examples alone teach the stop.
+        example.labels[-1] = IGNORE_INDEX
         stats.stops_masked += 1
     return example
-
-
-def _fit_pair(pair: PreferencePair, max_length: int | None) -> PreferencePair | None:
-    longest = max(len(pair.chosen_ids), len(pair.rejected_ids))
-    fitted = truncate_left(pair.prompt_ids, [0] * longest, max_length)
-    if fitted is None:
-        return None
-    pair.prompt_ids = fitted[0]
-    return pair
 
 
 def composition(examples: Sequence[Example]) -> dict[str, dict[str, float]]:
     """Count and weight share of each transition among ``examples`` (every key present)."""
     counts: Counter[str] = Counter()
-    weights: Counter[str] = Counter()
+    weights: defaultdict[str, float] = defaultdict(float)
     for ex in examples:
         key = ex.transition or "first"
         counts[key] += 1

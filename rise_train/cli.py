@@ -53,15 +53,21 @@ TrainArgs = Annotated[
 
 # -- options generated from the library's configs (rise_train/options.py) ------------------------
 
+# Options the study added and kept only because docs/EXPERIMENTS.md runs them (its section "How
+# the training options came to be" says which run needs which); none is part of RISE's recipe.
+EXPERIMENTAL = "Experimental (docs/EXPERIMENTS.md)"
+
 ENGINE = Options(
     EngineSettings,
     ("data_dir", "max_model_len", "kv_cache_gib", "block_size", "max_num_seqs"),
     optional=True,
+    panel="Engine",
 )
 COLLECT = Options(
     CollectConfig,
     ("max_turns:turns", "samples", "temperatures:temperature", "top_p", "max_tokens",
      "max_word_repeats", "concurrency", "context_window", "continue_after_correct"),
+    panel="Collection",
 )  # fmt: skip
 TEACHER = Options(
     TeacherConfig,
@@ -69,31 +75,51 @@ TEACHER = Options(
      "api_key:teacher_api_key"),
     optional=True,
     envvars={"teacher_api_key": "OPENAI_API_KEY"},
+    panel="Collection",
 )  # fmt: skip
 BUILD = Options(
     BuildConfig,
-    ("criteria", "weighting", "tau", "target", "first_turn", "progress_bonus",
-     "negative_scale", "mask_negative_stop", "copy_penalty", "max_corrections", "pairs",
-     "pair_weight", "include_candidates", "dedup_trajectory"),
+    ("objective", "criteria", "tau", "include_candidates", "dedup_trajectory"),
+    panel="Examples",
+)
+BUILD_EXPERIMENTAL = Options(
+    BuildConfig,
+    ("target", "first_turn", "progress_bonus", "pairs", "negative_scale", "mask_negative_stop",
+     "copy_penalty", "max_corrections"),
+    panel=EXPERIMENTAL,
 )  # fmt: skip
-BUILD_FILES = Options(BuildConfig, ("dedup", "shuffle", "max_length", "tokenizer"))
+BUILD_FILES = Options(
+    BuildConfig, ("dedup", "shuffle", "max_length", "tokenizer"), panel="Examples"
+)
 TRAIN = Options(
     TrainOptions,
     ("learning_rate", "num_train_epochs:epochs", "max_steps",
      "per_device_train_batch_size:batch_size", "gradient_accumulation_steps:grad_accum",
-     "max_length", "lora", "policy_clip", "anchor_kl_coef:anchor_kl", "anchor_model",
-     "anchor_turns"),
+     "max_length", "lora"),
     optional=True,  # given flags only: the rest stay TrainConfig's (or --train-arg's)
+    panel="Training",
 )  # fmt: skip
+TRAIN_EXPERIMENTAL = Options(
+    TrainOptions,
+    ("policy_clip", "anchor_kl_coef:anchor_kl", "anchor_turns"),
+    optional=True,
+    panel=EXPERIMENTAL,
+)
+# `train` alone names its objective and anchor; `iterate` trains for --objective (the build's)
+# and anchors to the base model (iterate.py).
+TRAIN_ONLY = Options(TrainOptions, ("objective",), optional=True, panel="Training")
+TRAIN_ANCHOR = Options(TrainOptions, ("anchor_model",), optional=True, panel=EXPERIMENTAL)
 EVALUATE = Options(
     EvalConfig,
     ("max_turns:turns", "n_parallel:parallel", "repeats", "ablation", "temperature", "top_p",
      "max_tokens", "context_window", "concurrency"),
+    panel="Evaluation",
 )  # fmt: skip
 ITERATE_EVALUATE = Options(
     EvalConfig,
     ("max_turns:eval_turns", "n_parallel:eval_parallel", "temperature:eval_temperature",
      "repeats:eval_repeats", "ablation:eval_ablation", "top_p", "max_tokens", "context_window"),
+    panel="Evaluation",
 )  # fmt: skip
 
 
@@ -144,8 +170,14 @@ def _collect_config(o: SimpleNamespace, iteration: int = 0) -> CollectConfig:
     return CollectConfig(**COLLECT.values(o), seed=o.seed, iteration=iteration, teacher=teacher)
 
 
-def _train_overrides(o: SimpleNamespace) -> dict[str, Any]:
-    return {**TRAIN.values(o), **parse_assignments(o.train_args)}
+def _train_overrides(o: SimpleNamespace, *sets: Options) -> dict[str, Any]:
+    """TrainConfig's fields given on the command line: ``sets``' options, then --train-arg."""
+    given = {k: v for options in sets for k, v in options.values(o).items()}
+    return {**given, **parse_assignments(o.train_args)}
+
+
+def _build_config(o: SimpleNamespace, *sets: Options) -> BuildConfig:
+    return BuildConfig(**{k: v for s in sets for k, v in s.values(o).items()}, seed=o.seed)
 
 
 def _print_json(data: Any) -> None:
@@ -245,7 +277,7 @@ def merge_shards_cmd(
 
 @app.command()
 @friendly_errors
-@with_options(BUILD, BUILD_FILES)
+@with_options(BUILD, BUILD_FILES, BUILD_EXPERIMENTAL)
 def build(
     ctx: typer.Context,
     trajectories: Annotated[list[Path] | None, Opt(help="Trajectory JSONL (repeat).")] = None,
@@ -263,14 +295,14 @@ def build(
     for path in o.trajectories:
         if not Path(path).is_file():
             raise typer.BadParameter(f"no such file: {path}", param_hint="--trajectories")
-    cfg = BuildConfig(**BUILD.values(o), **BUILD_FILES.values(o), seed=o.seed)
+    cfg = _build_config(o, BUILD, BUILD_FILES, BUILD_EXPERIMENTAL)
     stats = run_build(o.trajectories, o.output, cfg)
     _print_json(stats.to_dict())  # its "composition" is the data composition
 
 
 @app.command()
 @friendly_errors
-@with_options(TRAIN, DATA_DIR)
+@with_options(TRAIN_ONLY, TRAIN, TRAIN_EXPERIMENTAL, TRAIN_ANCHOR, DATA_DIR)
 def train(
     ctx: typer.Context,
     examples: Annotated[Path | None, Opt(help="Examples JSONL from `build`.")] = None,
@@ -283,11 +315,12 @@ def train(
     config: Config = None,
     **options: Any,
 ) -> None:
-    """Reward-weighted SFT on built examples; saves a plain Hugging Face model folder."""
+    """Fine-tune on built examples with their objective; saves a plain Hugging Face model folder."""
     o = resolve(ctx)
     if o.examples is None or not Path(o.examples).is_file():
         raise typer.BadParameter(f"no such examples file: {o.examples}", param_hint="--examples")
-    overrides = {"seed": o.seed, **_train_overrides(o)}
+    sets = (TRAIN_ONLY, TRAIN, TRAIN_EXPERIMENTAL, TRAIN_ANCHOR)
+    overrides = {"seed": o.seed, **_train_overrides(o, *sets)}
     from rise.engine.models import prepare_model
     from rise_train.train import TrainConfig, fit
 
@@ -434,7 +467,10 @@ def evaluate(
 
 @app.command()
 @friendly_errors
-@with_options(COLLECT, TEACHER, BUILD, TRAIN, ITERATE_EVALUATE, ENGINE)
+@with_options(
+    COLLECT, TEACHER, BUILD, TRAIN, ITERATE_EVALUATE, ENGINE, BUILD_EXPERIMENTAL,
+    TRAIN_EXPERIMENTAL,
+)  # fmt: skip
 def iterate(
     ctx: typer.Context,
     train_data: Annotated[str | None, Opt(help="Training problems. " + SPEC_HELP)] = None,
@@ -483,8 +519,9 @@ def iterate(
     ]
     cfg = IterateConfig(
         run_dir=str(o.run_dir), model=o.model, iterations=o.iterations, engine=ENGINE.values(o),
-        collect=_collect_config(o), build=BuildConfig(**BUILD.values(o), seed=o.seed),
-        train=_train_overrides(o), evaluate=EvalConfig(**ITERATE_EVALUATE.values(o), seed=o.seed),
+        collect=_collect_config(o), build=_build_config(o, BUILD, BUILD_EXPERIMENTAL),
+        train=_train_overrides(o, TRAIN, TRAIN_EXPERIMENTAL),
+        evaluate=EvalConfig(**ITERATE_EVALUATE.values(o), seed=o.seed),
         evaluate_base=o.eval_base, progress=not o.quiet,
         prompts=_prompts(o, _settings(o.model, o, o.seed)),
     )  # fmt: skip

@@ -81,6 +81,12 @@ class IterateConfig:
     def __post_init__(self) -> None:
         if self.iterations < 1:
             raise ValueError("iterations must be >= 1")
+        # One run, one objective: the build's names the trainer's too (_train).
+        if self.train.get("objective", self.build.objective) != self.build.objective:
+            raise ValueError(
+                f"the training objective {self.train['objective']!r} differs from the build's "
+                f"{self.build.objective!r}: a run has one objective (--objective)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -312,7 +318,9 @@ def _train(
     # vLLM's client side may have cut torch's thread pool for serving; training wants every core.
     torch.set_num_threads(os.cpu_count() or 1)
     with stage(run_dir, manifest, "train", k):
-        overrides = {"seed": config.collect.seed + k, **config.train}
+        overrides: dict[str, Any] = {"seed": config.collect.seed + k}
+        overrides["objective"] = config.build.objective
+        overrides.update(config.train)
         overrides.setdefault("disable_tqdm", not config.progress)
         if overrides.get("anchor_kl_coef") and not overrides.get("anchor_model") and k > 0:
             overrides["anchor_model"] = manifest["base_model"]  # SCoRe: turn 1 stays the base's

@@ -55,6 +55,7 @@ class Options:
 
     ``fields`` names the fields to expose, in order; ``"field:option"`` renames one
     (``"max_turns:turns"``). ``prefix`` is put before every option name that is not renamed.
+    ``panel`` is the heading the options are listed under in ``--help``.
     """
 
     config: type
@@ -62,6 +63,7 @@ class Options:
     prefix: str = ""
     optional: bool = False
     envvars: Mapping[str, str] = dataclasses.field(default_factory=dict)  # option → variable
+    panel: str | None = None
 
     def specs(self) -> list[Spec]:
         described = _describe(self.config)
@@ -119,6 +121,7 @@ class Options:
                 help=spec.help,
                 envvar=self.envvars.get(spec.option),
                 show_default=spec.show_default,
+                rich_help_panel=self.panel,
             )
             params.append(
                 inspect.Parameter(

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rise_train.objectives import ObjectiveName
+
 
 @dataclass
 class TrainOptions:
@@ -46,6 +48,14 @@ class TrainOptions:
     )
 
     # RISE fields.
+    objective: ObjectiveName = field(
+        default="rwr",
+        metadata={
+            "help": "The loss (docs/RISE.md §4), the objective the examples were built for: "
+            "rwr | awr | sft (weight x NLL) | advantage (clipped ratio) | preference "
+            "(+ DPO on pairs)."
+        },
+    )
     model_name_or_path: str = field(
         default="", metadata={"help": "Base model: a Hugging Face folder or hub name."}
     )
@@ -77,7 +87,7 @@ class TrainOptions:
         default=True, metadata={"help": "Merge the adapter into the base weights before saving."}
     )
 
-    # Preference pairs (rows of kind "pair"): the copy-as-negative loss, rise_train/losses.py.
+    # Objective 'preference' (rise_train/objectives/preference.py).
     pref_beta: float = field(
         default=0.1,
         metadata={
@@ -96,19 +106,19 @@ class TrainOptions:
         },
     )
 
-    # Signed advantages (examples built with ``--weighting advantage``): rise_train/losses.py.
+    # Objective 'advantage' (rise_train/objectives/advantage.py).
     policy_clip: float = field(
-        default=0.0,
+        default=0.2,
         metadata={
-            "help": "epsilon of the clipped sequence-ratio objective (GSPO) that examples with "
-            "signed weights (advantages) need; 0 trains weight x NLL and refuses negative weights."
+            "help": "Objective advantage: epsilon of the clipped sequence-ratio objective "
+            "(GSPO) that trains the signed weights."
         },
     )
     anchor_kl_coef: float = field(
         default=0.0,
         metadata={
-            "help": "With policy_clip: weight of the penalty 1/2 (log pi - log pi_anchor)^2 on "
-            "the anchored rows (--anchor-turns), keeping them near --anchor-model's."
+            "help": "Objective advantage: weight of the penalty 1/2 (log pi - log pi_anchor)^2 "
+            "on the anchored rows (--anchor-turns), keeping them near the anchor's."
         },
     )
     anchor_turns: Literal["first", "all"] = field(
@@ -120,5 +130,8 @@ class TrainOptions:
     )
     anchor_model: str | None = field(
         default=None,
-        metadata={"help": "The anchor of anchor_kl_coef (default: the model being trained)."},
+        metadata={
+            "help": "The anchor of the penalty (default: the model before training; iterate: "
+            "the base model from the second iteration on)."
+        },
     )

@@ -14,6 +14,7 @@ from rise_train.build import (
     BuildConfig,
     build,
     build_examples,
+    fit_pair,
     keeps,
     rwr_weight,
     truncate_left,
@@ -104,8 +105,12 @@ def test_keeps_candidates_compare_with_chosen_history() -> None:
 def test_build_config_rejects_unknown_values() -> None:
     with pytest.raises(ValueError, match="criteria"):
         BuildConfig(criteria="most")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="weighting"):
-        BuildConfig(weighting="ppo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="objective"):
+        BuildConfig(objective="ppo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs pairs"):
+        BuildConfig(objective="preference")
+    with pytest.raises(ValueError, match="'preference' only"):
+        BuildConfig(pairs="fix")
 
 
 def test_rwr_weight_values() -> None:
@@ -121,7 +126,7 @@ def test_rwr_weight_values() -> None:
 
 
 def test_build_uniform_weights() -> None:
-    examples, _ = build_examples(TRAJECTORIES, BuildConfig(weighting="uniform"))
+    examples, _ = build_examples(TRAJECTORIES, BuildConfig(objective="sft"))
     assert len(examples) == 8
     assert {e.weight for e in examples} == {1.0}
 
@@ -131,21 +136,21 @@ def test_build_awr_centred_on_all_attempts_of_the_problem() -> None:
     trajectory = _trajectory("p", [[0.0, -1.0, 0.0, 0.0], [1.0, 0.0]])
     same = _trajectory("s", [[0.0, 0.0]])  # every attempt equal: advantage 0 everywhere
     mean = (4 * 1.0 + math.exp(-2.5) + math.exp(2.5)) / 6
-    config = BuildConfig(weighting="awr", shuffle=False)
+    config = BuildConfig(objective="awr", shuffle=False)
     examples, stats = build_examples([trajectory, same], config)
     # The wrong chosen turn 0 is below the mean: clipped to 0 and dropped.
     assert [(e.problem_id, e.turn) for e in examples] == [("p", 1)]
     assert examples[0].weight == pytest.approx(math.exp(2.5) - mean)
     assert stats.zero_weight == 2
     every, _ = build_examples(
-        [trajectory], BuildConfig(weighting="awr", shuffle=False, include_candidates=True)
+        [trajectory], BuildConfig(objective="awr", shuffle=False, include_candidates=True)
     )
     assert len(every) == 1  # only the correct candidate beats the problem's mean
 
 
 def test_build_include_candidates_makes_every_attempt_an_example() -> None:
     trajectory = _trajectory("p", [[0.0, -1.0, 0.0], [1.0, 0.0]])
-    config = BuildConfig(shuffle=False, include_candidates=True, weighting="uniform")
+    config = BuildConfig(shuffle=False, include_candidates=True, objective="sft")
     examples, stats = build_examples([trajectory], config)
     assert stats.actions == 5
     assert [(e.turn, e.reward) for e in examples] == [
@@ -197,6 +202,15 @@ def test_truncate_left_keeps_target() -> None:
     assert truncate_left(prompt, target, 5) == ([9], target)
     assert truncate_left(prompt, target, 4) is None  # no context token left to predict from
     assert truncate_left(prompt, target, None) == (prompt, target)
+
+
+def test_fit_pair_cuts_the_prompt_for_the_longer_response() -> None:
+    pair = PreferencePair(list(range(10)), [7, 8], [9, 9, 9], pair_type="keep")
+    fitted = fit_pair(pair, 6)
+    assert fitted is not None and fitted.prompt_ids == [7, 8, 9]
+    assert (fitted.chosen_ids, fitted.rejected_ids, fitted.pair_type) == ([7, 8], [9, 9, 9], "keep")
+    assert pair.prompt_ids == list(range(10))  # the input is left as it was
+    assert fit_pair(pair, 3) is None and fit_pair(pair, None) == pair
 
 
 def test_build_truncates_and_drops_too_long() -> None:
@@ -355,7 +369,7 @@ def test_composition_counts_and_weight_shares() -> None:
         _traj("ww", _turn(0, [(0.0, [3], "1")]), _turn(1, [(0.0, [4], "4")])),
         _traj("rr", _turn(0, [(1.0, [5], "2")]), _turn(1, [(1.0, [6], "2")])),
     ]
-    _, stats = build_examples(traj, BuildConfig(shuffle=False, weighting="uniform"))
+    _, stats = build_examples(traj, BuildConfig(shuffle=False, objective="sft"))
     comp = stats.composition
     assert comp["first"]["count"] == 3 and comp["wrong_to_right"]["count"] == 1
     assert comp["wrong_to_wrong"]["count"] == 1 and comp["right_to_right"]["count"] == 1
@@ -373,13 +387,17 @@ def test_preference_pairs_fix_and_keep() -> None:
     right = _traj(
         "r", _turn(0, [(1.0, [3, 3], "2")]), _turn(1, [(1.0, [3, 3], "2"), (0.0, [4], "9")])
     )
-    rows, stats = build_examples([wrong, right], BuildConfig(shuffle=False, pairs="fix"))
+    rows, stats = build_examples(
+        [wrong, right], BuildConfig(shuffle=False, objective="preference", pairs="fix")
+    )
     pairs = [r for r in rows if isinstance(r, PreferencePair)]
     assert len(pairs) == 1 and stats.pairs == 1
     (fix,) = pairs
     assert (fix.chosen_ids, fix.rejected_ids, fix.pair_type) == ([2, 2], [1, 1], "fix")
     assert fix.prompt_ids == wrong["turns"][1]["prompt_ids"]
-    rows, stats = build_examples([wrong, right], BuildConfig(shuffle=False, pairs="fix+keep"))
+    rows, stats = build_examples(
+        [wrong, right], BuildConfig(shuffle=False, objective="preference", pairs="fix+keep")
+    )
     keep = [r for r in rows if isinstance(r, PreferencePair) and r.pair_type == "keep"]
     assert [(k.chosen_ids, k.rejected_ids) for k in keep] == [([3, 3], [4])]
     assert stats.pairs_by_type == {"fix": 1, "keep": 1}
@@ -409,7 +427,7 @@ def test_advantage_weights_are_signed_leave_one_out_with_progress_bonus() -> Non
         _turn(1, [(1.0, [7, 8], "6"), (0.0, [1, 2, 3], "5"), (0.0, [4, 4], "5")]),
     )
     q = _traj("q", _turn(0, [(1.0, [3, 3], "6")]))
-    config = BuildConfig(shuffle=False, weighting="advantage", progress_bonus=0.5)
+    config = BuildConfig(shuffle=False, objective="advantage", progress_bonus=0.5)
     rows, stats = build_examples([p, q], config)
     got = [(r.problem_id, r.turn, r.input_ids[-2:], r.weight) for r in rows]
     assert got == [
@@ -421,15 +439,15 @@ def test_advantage_weights_are_signed_leave_one_out_with_progress_bonus() -> Non
     ]
     assert stats.repeats_earlier_action == stats.repeats_wrong_answer == 0
     assert stats.composition["first"]["weight_share"] == pytest.approx(1.0 / 3.5)
-    unit = BuildConfig(shuffle=False, weighting="advantage", first_turn="unit")
+    unit = BuildConfig(shuffle=False, objective="advantage", first_turn="unit")
     assert [r.weight for r in build_examples([p, q], unit)[0] if r.turn == 0] == [-1.0, 1.0]
-    half = BuildConfig(shuffle=False, weighting="advantage", progress_bonus=0.5, negative_scale=0.5)
+    half = BuildConfig(shuffle=False, objective="advantage", progress_bonus=0.5, negative_scale=0.5)
     assert [r.weight for r in build_examples([p, q], half)[0]] == [-0.25, 1.5, -0.25, -0.25, 0.5]
-    dropped, stats = build_examples([p, q], BuildConfig(weighting="advantage", negative_scale=0))
+    dropped, stats = build_examples([p, q], BuildConfig(objective="advantage", negative_scale=0))
     assert sorted(r.weight for r in dropped) == [0.5, 1.0] and stats.zero_weight == 3
     for bad in ({"negative_scale": -0.1}, {"negative_scale": 1.5}):
         with pytest.raises(ValueError, match="negative_scale"):
-            BuildConfig(weighting="advantage", **bad)
+            BuildConfig(objective="advantage", **bad)
     with pytest.raises(ValueError, match="advantage' only"):
         BuildConfig(negative_scale=0.5)
 
@@ -449,8 +467,8 @@ def test_mask_negative_stop_leaves_the_stop_of_negative_examples_only() -> None:
          "reward": 0.0, "ended_with_eos": False}
     )  # fmt: skip
     q = _traj("q", _turn(0, [(1.0, [3, 3, stop], "6")]))  # turn-1 mean 0.5: p's first is < 0
-    plain = BuildConfig(shuffle=False, weighting="advantage")
-    masked = BuildConfig(shuffle=False, weighting="advantage", mask_negative_stop=True)
+    plain = BuildConfig(shuffle=False, objective="advantage")
+    masked = BuildConfig(shuffle=False, objective="advantage", mask_negative_stop=True)
     before, _ = build_examples([p, q], plain)
     after, stats = build_examples([p, q], masked)
     target = {tuple(r.input_ids[r.n_context :]): r for r in before}
@@ -474,13 +492,13 @@ def test_advantage_drops_a_positive_repeat_and_needs_criteria_all() -> None:
         _turn(0, [(0.0, [1, 2, 3], "5")]),
         _turn(1, [(0.0, [1, 2, 3], "5"), (-1.0, [9], None)]),
     )
-    rows, stats = build_examples([copy], BuildConfig(shuffle=False, weighting="advantage"))
+    rows, stats = build_examples([copy], BuildConfig(shuffle=False, objective="advantage"))
     # turn 1 alone in its turn: weight 0 − 0 = 0, dropped; the copy beats the unparseable
     # candidate (+1) but repeats the attempt: dropped; the unparseable one: −1 − 0 = −1.
     assert [(r.turn, r.input_ids[-1:], r.weight) for r in rows] == [(1, [9], -1.0)]
     assert stats.repeats_earlier_action == 1 and stats.zero_weight == 1
     with pytest.raises(ValueError, match="criteria 'all'"):
-        BuildConfig(weighting="advantage", criteria="success")
+        BuildConfig(objective="advantage", criteria="success")
 
 
 def test_copy_penalty_ranks_a_repeated_wrong_answer_below_a_changed_one() -> None:
@@ -499,7 +517,7 @@ def test_copy_penalty_ranks_a_repeated_wrong_answer_below_a_changed_one() -> Non
     )
     r = _traj("r", _turn(0, [attempt]), _turn(1, [(0.0, [1, 2, 3], "5"), (0.0, [4, 5], "8")]))
     q = _traj("q", _turn(0, [(1.0, [3, 3], "6")]))
-    plain = BuildConfig(shuffle=False, weighting="advantage")
+    plain = BuildConfig(shuffle=False, objective="advantage")
     rows, stats = build_examples([p, r, q], plain)
     assert [(r.problem_id, r.turn, r.weight) for r in rows if r.turn == 1] == [
         ("p", 1, 1.0), ("p", 1, pytest.approx(-1 / 3)), ("p", 1, pytest.approx(-1 / 3)),
@@ -507,7 +525,7 @@ def test_copy_penalty_ranks_a_repeated_wrong_answer_below_a_changed_one() -> Non
     ]  # fmt: skip
     assert stats.copies_penalised == 0 and stats.zero_weight == 2  # r's state: no contrast
 
-    shaped = BuildConfig(shuffle=False, weighting="advantage", copy_penalty=1.0)
+    shaped = BuildConfig(shuffle=False, objective="advantage", copy_penalty=1.0)
     rows, stats = build_examples([p, r, q], shaped)
     got = [(r.problem_id, r.turn, r.input_ids[-1], r.weight, r.reward) for r in rows]
     assert got == [
@@ -526,7 +544,7 @@ def test_copy_penalty_ranks_a_repeated_wrong_answer_below_a_changed_one() -> Non
     assert stats.weight_total["positive"] == pytest.approx(5 / 3 + 1 / 3 + 1.0 + 2 / 3)
     assert stats.weight_total["negative"] == pytest.approx(-1 / 3 - 2.0 - 1 / 3 - 1.0)
     with pytest.raises(ValueError, match="copy_penalty must be >= 0"):
-        BuildConfig(weighting="advantage", copy_penalty=-1.0)
+        BuildConfig(objective="advantage", copy_penalty=-1.0)
     with pytest.raises(ValueError, match="advantage' only"):
         BuildConfig(copy_penalty=1.0)
 

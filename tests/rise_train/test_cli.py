@@ -129,6 +129,32 @@ def test_train_signed_weights_without_policy_clip(tmp_path: Path, tiny_model_dir
     assert_clean_failure(result, "negative weights", "--policy-clip")
 
 
+def test_build_and_train_name_one_objective(
+    tmp_path: Path, trajectories: Path, tiny_model_dir: Path
+) -> None:
+    """``build --objective advantage`` writes signed weights; ``train`` trains them only when
+    told the same objective, and logs that objective's statistics."""
+    examples = tmp_path / "signed.jsonl"
+    result = invoke(
+        "build", "--trajectories", trajectories, "--output", examples, "--objective", "advantage"
+    )
+    assert result.exit_code == 0, result.output
+    weights = sorted(json.loads(line)["weight"] for line in examples.read_text().splitlines())
+    assert weights == [-0.5, 0.5]  # turn 2: right (1) and wrong (0) against their mean
+    args = (
+        "train", "--model", tiny_model_dir, "--examples", examples, "--max-steps", "2",
+        "--batch-size", "2", "--grad-accum", "1", "--train-arg", "save_strategy=no",
+    )  # fmt: skip
+    refused = invoke(*args, "--output-dir", tmp_path / "refused", "--objective", "preference")
+    assert_clean_failure(refused, "negative weights", "--objective advantage")
+    out = tmp_path / "out"
+    result = invoke(*args, "--output-dir", out, "--objective", "advantage", "--anchor-kl", "0.1")
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "trainer_state.json").read_text())
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert len(logged) == 2 and all("clip_fraction" in h and "anchor_kl" in h for h in logged)
+
+
 def test_teacher_needs_url_and_model(tmp_path: Path, shared_data: Path) -> None:
     spec = f"gsm8k:{shared_data}/gsm8k/test.jsonl"
     result = invoke("collect", "--data", spec, "--limit", "2", "--teacher-url", "http://x/v1")
@@ -142,9 +168,9 @@ def test_report_on_a_non_run(tmp_path: Path) -> None:
 def test_build_runs_and_config_file_precedence(tmp_path: Path, trajectories: Path) -> None:
     out = tmp_path / "ex.jsonl"
     config = tmp_path / "c.yaml"
-    # criteria from the command's section, weighting from the flat keys, then a flag wins.
+    # criteria from the command's section, objective from the flat keys, then a flag wins.
     config.write_text(
-        "weighting: uniform\nmax-tokens: 99\nbuild:\n  criteria: success\n  shuffle: false\n"
+        "objective: sft\nmax-tokens: 99\nbuild:\n  criteria: success\n  shuffle: false\n"
     )
     result = invoke("build", "--trajectories", trajectories, "--output", out, "--config", config)
     assert result.exit_code == 0, result.output
@@ -153,7 +179,7 @@ def test_build_runs_and_config_file_precedence(tmp_path: Path, trajectories: Pat
 
     result = invoke(
         "build", "--trajectories", trajectories, "--output", out, "--config", config,
-        "--criteria", "all", "--weighting", "rwr",
+        "--criteria", "all", "--objective", "rwr",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)

@@ -1,4 +1,5 @@
-"""The loss module on hand-computed logits, pairs in the data path, and tiny-model DPO runs."""
+"""The objectives on hand-computed logits, pairs in the data path, and tiny-model DPO and
+signed-advantage runs."""
 
 from __future__ import annotations
 
@@ -10,25 +11,21 @@ from typing import Any
 import pytest
 import torch
 
-from rise_train.losses import (
-    clipped_ratio_loss,
-    dpo_loss,
-    mean_nll,
-    rise_loss,
-    sequence_logps,
-    weighted_nll,
-)
+from rise_train.data import ExampleDataset, WeightedCollator
+from rise_train.objectives import make_objective
+from rise_train.objectives.advantage import Advantage, advantage_loss, clipped_ratio_loss
+from rise_train.objectives.preference import Preference, dpo_loss, preference_loss
+from rise_train.objectives.rwr import RWR, weighted_nll
 from rise_train.records import IGNORE_INDEX, Example, PreferencePair, read_rows, write_jsonl
-from rise_train.train import (
-    ExampleDataset,
-    TrainConfig,
-    WeightedCollator,
-    WeightedSFTTrainer,
-    _precompute_anchor,
-    fit,
+from rise_train.scoring import (
+    Scorer,
+    mean_nll,
     precompute_reference_logps,
     precompute_sft_logps,
+    sequence_logps,
 )
+from rise_train.train import TrainConfig, fit
+from rise_train.trainer import RiseTrainer
 from tests.tiny_models import tiny_train_config
 
 LOG2 = math.log(2.0)
@@ -110,7 +107,7 @@ def test_dpo_loss_matches_hand_computation() -> None:
     assert pc.grad.tolist() == pytest.approx([-0.5 * sigmoid(-m) for m in (1.0, -1.5, 0.0)])
 
 
-# -- rise_loss -------------------------------------------------------------------------------------
+# -- the objectives' losses ----------------------------------------------------------------------
 
 
 def _mixed_batch() -> dict[str, Any]:
@@ -133,7 +130,7 @@ def _mixed_batch() -> dict[str, Any]:
     }
 
 
-def test_rise_loss_mixed_batch_equals_hand_combination() -> None:
+def test_preference_loss_mixed_batch_equals_hand_combination() -> None:
     b = _mixed_batch()
     beta, pref_coef, nll_coef = 0.1, 0.7, 0.3
     hand = _hand_logps(b["logits"], b["labels"])
@@ -153,7 +150,7 @@ def test_rise_loss_mixed_batch_equals_hand_combination() -> None:
         margins.append(m)
     expected = (sum(sft) + sum(p for p, _ in pairs)) / 4  # 2 SFT rows + 2 pairs
 
-    loss, stats = rise_loss(
+    loss, stats = preference_loss(
         **{k: v for k, v in b.items()}, beta=beta, pref_coef=pref_coef, nll_coef=nll_coef
     )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -165,42 +162,42 @@ def test_rise_loss_mixed_batch_equals_hand_combination() -> None:
     assert all(not v.requires_grad for v in stats.values())
     # Without sft_index, every row outside a pair is an SFT row: the same loss.
     rest = {k: v for k, v in b.items() if k != "sft_index"}
-    again, _ = rise_loss(**rest, beta=beta, pref_coef=pref_coef, nll_coef=nll_coef)
+    again, _ = preference_loss(**rest, beta=beta, pref_coef=pref_coef, nll_coef=nll_coef)
     assert again.item() == pytest.approx(loss.item())
 
 
-def test_rise_loss_policy_equal_to_reference_gives_log2() -> None:
+def test_preference_loss_policy_equal_to_reference_gives_log2() -> None:
     b = _mixed_batch()
     logp, _ = sequence_logps(b["logits"], b["labels"])
     b["ref_chosen_logps"] = logp[b["chosen_index"]]
     b["ref_rejected_logps"] = logp[b["rejected_index"]]
     b["sft_index"] = torch.zeros(0, dtype=torch.long)
     b["weights"] = torch.ones(6)
-    loss, stats = rise_loss(**b, beta=0.1, pref_coef=1.0, nll_coef=0.0)
+    loss, stats = preference_loss(**b, beta=0.1, pref_coef=1.0, nll_coef=0.0)
     assert stats["dpo"].item() == pytest.approx(LOG2, rel=1e-6)
     assert stats["margin"].item() == pytest.approx(0.0, abs=1e-6)
     assert stats["pref_accuracy"].item() == 0.0  # a margin of 0 is not a win
     assert loss.item() == pytest.approx(LOG2, rel=1e-6)
 
 
-def test_rise_loss_without_pairs_is_weighted_nll() -> None:
+def test_preference_loss_without_pairs_is_weighted_nll() -> None:
     torch.manual_seed(1)
     logits = torch.randn(3, 5, 8)
     labels = torch.randint(0, 8, (3, 5))
     labels[:, :2] = IGNORE_INDEX
     weights = torch.tensor([12.18, 1.0, 0.082])
-    loss, stats = rise_loss(logits, labels, weights)
+    loss, stats = preference_loss(logits, labels, weights)
     assert loss.item() == pytest.approx(weighted_nll(logits, labels, weights).item(), rel=1e-6)
     assert stats["n_pairs"].item() == 0 and stats["dpo"].item() == 0.0
     assert stats["n_sft"].item() == 3
 
 
-def test_rise_loss_fully_masked_rows_contribute_zero_without_nan() -> None:
+def test_preference_loss_fully_masked_rows_contribute_zero_without_nan() -> None:
     b = _mixed_batch()
     b["labels"][0] = IGNORE_INDEX  # an SFT row with no target
     b["labels"][5] = IGNORE_INDEX  # pair B's rejected response is empty
     logits = b.pop("logits").requires_grad_(True)
-    loss, stats = rise_loss(logits, **b, beta=0.1)
+    loss, stats = preference_loss(logits, **b, beta=0.1)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(v) for v in stats.values())
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
@@ -216,15 +213,15 @@ def test_rise_loss_fully_masked_rows_contribute_zero_without_nan() -> None:
         "ref_rejected_logps": b["ref_rejected_logps"][:1],
     }
     rows = [2, 1, 3]
-    alone, _ = rise_loss(
+    alone, _ = preference_loss(
         logits.detach()[rows], b["labels"][rows], b["weights"][rows], **keep, beta=0.1
     )
     assert loss.item() == pytest.approx(alone.item() * 2 / 4, rel=1e-6)
 
 
-def test_rise_loss_all_masked_is_exactly_zero() -> None:
+def test_preference_loss_all_masked_is_exactly_zero() -> None:
     logits = torch.randn(2, 4, 5, requires_grad=True)
-    loss, stats = rise_loss(
+    loss, stats = preference_loss(
         logits,
         torch.full((2, 4), IGNORE_INDEX),
         torch.ones(2),
@@ -251,7 +248,7 @@ def test_clipped_ratio_loss_matches_hand_values() -> None:
     assert clipped.tolist() == [True, False, True]
 
 
-def test_rise_loss_clipped_at_ratio_one_has_weighted_nll_gradient() -> None:
+def test_advantage_loss_at_ratio_one_has_weighted_nll_gradient() -> None:
     """Against its own log-probs (ρ = 1) the clipped objective's gradient is A × NLL's, with
     negative advantages; without clip_eps a negative weight is an error."""
     torch.manual_seed(2)
@@ -261,7 +258,7 @@ def test_rise_loss_clipped_at_ratio_one_has_weighted_nll_gradient() -> None:
     labels[3] = IGNORE_INDEX  # a row with no target: no gradient, no NaN
     weights = torch.tensor([1.5, -0.5, -1.0, 2.0])
     old = -mean_nll(*sequence_logps(logits.detach(), labels))
-    loss, stats = rise_loss(logits, labels, weights, sft_old_logps=old, clip_eps=0.2)
+    loss, stats = advantage_loss(logits, labels, weights, old, clip_eps=0.2)
     loss.backward()
     assert loss.item() == pytest.approx(-(1.5 - 0.5 - 1.0) / 4, abs=1e-6)  # −mean(A·ρ), ρ = 1
     assert stats["clip_fraction"].item() == 0.0
@@ -270,11 +267,13 @@ def test_rise_loss_clipped_at_ratio_one_has_weighted_nll_gradient() -> None:
     (weights[:3] * mean_nll(*sequence_logps(logits, labels))[:3]).sum().div(4).backward()
     assert torch.allclose(clipped_grad, logits.grad, atol=1e-6)
     assert torch.count_nonzero(clipped_grad[3]) == 0
-    with pytest.raises(ValueError, match="clip_eps"):
-        rise_loss(logits, labels, weights)
+    with pytest.raises(ValueError, match="advantage"):  # weight × NLL refuses them
+        RWR().loss(logits, {"labels": labels, "weights": weights})
+    with pytest.raises(ValueError, match="advantage"):
+        preference_loss(logits, labels, weights)
 
 
-def test_rise_loss_anchor_penalty_on_anchored_rows_only() -> None:
+def test_advantage_loss_anchor_penalty_on_anchored_rows_only() -> None:
     torch.manual_seed(3)
     logits = torch.randn(3, 5, 8)
     labels = torch.randint(0, 8, (3, 5))
@@ -282,24 +281,18 @@ def test_rise_loss_anchor_penalty_on_anchored_rows_only() -> None:
     mean_logp = -mean_nll(*sequence_logps(logits, labels))
     weights = torch.tensor([1.0, -1.0, 0.5])
     anchor = torch.tensor([mean_logp[0].item() - 0.5, math.nan, mean_logp[2].item() + 1.0])
-    plain, _ = rise_loss(logits, labels, weights, sft_old_logps=mean_logp, clip_eps=0.2)
-    loss, stats = rise_loss(
-        logits,
-        labels,
-        weights,
-        sft_old_logps=mean_logp,
-        sft_anchor_logps=anchor,
-        clip_eps=0.2,
-        kl_coef=2.0,
+    plain, _ = advantage_loss(logits, labels, weights, mean_logp, clip_eps=0.2)
+    loss, stats = advantage_loss(
+        logits, labels, weights, mean_logp, anchor, clip_eps=0.2, kl_coef=2.0
     )
     # ½·0.5² and ½·1² on rows 0 and 2, × kl_coef 2, over 3 rows.
     assert loss.item() == pytest.approx(plain.item() + 2.0 * (0.125 + 0.5) / 3, rel=1e-5)
     assert stats["anchor_kl"].item() == pytest.approx((0.125 + 0.5) / 2, rel=1e-5)
 
 
-def test_rise_loss_pairs_need_reference_logps() -> None:
+def test_preference_loss_pairs_need_reference_logps() -> None:
     with pytest.raises(ValueError, match="reference"):
-        rise_loss(
+        preference_loss(
             torch.randn(2, 3, 4),
             torch.ones(2, 3, dtype=torch.long),
             torch.ones(2),
@@ -463,7 +456,9 @@ def test_fit_with_pairs_starts_at_log2_and_raises_the_margin(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    result = fit(_config(tiny_model_dir, rows_path, tmp_path / "out"))
+    with pytest.raises(ValueError, match="--objective preference"):  # the pairs need their loss
+        fit(_config(tiny_model_dir, rows_path, tmp_path / "refused"))
+    result = fit(_config(tiny_model_dir, rows_path, tmp_path / "out", objective="preference"))
     assert result.global_step == 30 and result.pairs == 3
     history = result.log_history
     dpo, margin = _stat(history, "dpo"), _stat(history, "margin")
@@ -491,6 +486,7 @@ def test_fit_lora_with_pairs_uses_the_initial_model_as_reference(
             tiny_model_dir,
             rows_path,
             tmp_path / "out",
+            objective="preference",
             max_steps=2,
             lora=True,
             lora_r=4,
@@ -500,7 +496,9 @@ def test_fit_lora_with_pairs_uses_the_initial_model_as_reference(
     assert _stat(result.log_history, "dpo")[0] == pytest.approx(LOG2, abs=1e-4)
 
 
-def test_trainer_loss_with_pairs_is_rise_loss(tiny_model_dir: Path, rows_path: Path) -> None:
+def test_trainer_loss_with_pairs_is_preference_loss(
+    tiny_model_dir: Path, rows_path: Path, tmp_path: Path
+) -> None:
     from transformers import AutoModelForCausalLM
 
     from rise_train.records import read_rows
@@ -511,18 +509,20 @@ def test_trainer_loss_with_pairs_is_rise_loss(tiny_model_dir: Path, rows_path: P
     precompute_reference_logps(model, dataset, collator, device="cpu")
     batch = collator(dataset.rows)
 
-    class Args:
-        pref_beta, pref_coef, pref_nll_coef = 0.1, 0.5, 2.0
-
-    trainer = WeightedSFTTrainer.__new__(WeightedSFTTrainer)
-    trainer.args = Args()  # type: ignore[assignment]
-    loss = WeightedSFTTrainer.compute_loss(trainer, model, batch)
+    config = TrainConfig(
+        output_dir=str(tmp_path), model_name_or_path="m", objective="preference",
+        pref_beta=0.1, pref_coef=0.5, pref_nll_coef=2.0,
+    )  # fmt: skip
+    trainer = RiseTrainer.__new__(RiseTrainer)  # the loss needs no more of a trainer
+    trainer.objective = make_objective(config)
+    assert trainer.objective == Preference(beta=0.1, pref_coef=0.5, nll_coef=2.0)
+    loss = trainer.compute_loss(model, batch)
     assert isinstance(loss, torch.Tensor)
     assert "chosen_index" in batch  # compute_loss does not mutate its input
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     pair_keys = ("sft_index", "chosen_index", "rejected_index")
-    expected, stats = rise_loss(
+    expected, stats = preference_loss(
         logits,
         batch["labels"],
         batch["weights"],
@@ -564,11 +564,14 @@ def test_fit_signed_advantages_need_policy_clip_and_move_both_ways(
     rows = _signed_rows(tmp_path, tiny_tokenizer)
     with pytest.raises(ValueError, match="policy-clip"):
         fit(_config(tiny_model_dir, rows, tmp_path / "refused", max_steps=1))
+    with pytest.raises(ValueError, match="policy_clip > 0"):
+        _config(tiny_model_dir, rows, tmp_path / "refused", objective="advantage", policy_clip=0)
     result = fit(
         _config(
             tiny_model_dir,
             rows,
             tmp_path / "out",
+            objective="advantage",
             max_steps=20,
             policy_clip=0.2,
             anchor_kl_coef=0.1,
@@ -606,15 +609,16 @@ def test_anchor_turns_choose_the_anchored_rows(
 
     rows = _signed_rows(tmp_path, tiny_tokenizer)
     config = _config(
-        tiny_model_dir, rows, tmp_path / "out", policy_clip=0.2, anchor_kl_coef=0.1,
-        anchor_turns=turns,
+        tiny_model_dir, rows, tmp_path / "out", objective="advantage", policy_clip=0.2,
+        anchor_kl_coef=0.1, anchor_turns=turns,
     )  # fmt: skip
     dataset = ExampleDataset(read_rows(rows))
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    collator = WeightedCollator(pad_token_id=0)
-    scoring = {"batch_size": 4, "device": "cpu", "autocast_dtype": None}
-    precompute_sft_logps(model, dataset, collator, "old_logp", **scoring)
-    n = _precompute_anchor(model, dataset, collator, config, scoring)
+    scorer = Scorer(WeightedCollator(pad_token_id=0), batch_size=4, device="cpu")
+    scorer.example_logps(model, dataset, "old_logp")
+    objective = make_objective(config)
+    assert isinstance(objective, Advantage)
+    n = objective.precompute_anchor(dataset, scorer)
     has = {row["turn"] for row in dataset.rows if row.get("anchor_logp") is not None}
     assert has == scored
     assert n == sum(row["turn"] in scored for row in dataset.rows)
@@ -624,12 +628,12 @@ def test_anchor_turns_choose_the_anchored_rows(
     )
     # With one, it is scored: here the same weights from disk, so the same numbers.
     named = _config(
-        tiny_model_dir, rows, tmp_path / "named", policy_clip=0.2, anchor_kl_coef=0.1,
-        anchor_turns=turns, anchor_model=str(tiny_model_dir),
+        tiny_model_dir, rows, tmp_path / "named", objective="advantage", policy_clip=0.2,
+        anchor_kl_coef=0.1, anchor_turns=turns, anchor_model=str(tiny_model_dir),
     )  # fmt: skip
     for row in dataset.rows:
         row.pop("anchor_logp", None)
-    assert _precompute_anchor(model, dataset, collator, named, scoring) == n
+    assert Advantage.from_config(named).precompute_anchor(dataset, scorer) == n
     for row in dataset.rows:
         if row["turn"] in scored:
             assert row["anchor_logp"] == pytest.approx(row["old_logp"], abs=1e-5)

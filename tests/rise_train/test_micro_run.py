@@ -27,10 +27,11 @@ from typer.testing import CliRunner
 
 from bench.processes import free_port
 from rise_train.cli import app as cli_app
+from rise_train.data import WeightedCollator
 from rise_train.datasets import Problem
 from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
 from rise_train.metrics import compute_metrics, paired_comparison
-from rise_train.train import WeightedCollator, weighted_nll
+from rise_train.objectives.rwr import weighted_nll
 
 REPO = Path(__file__).resolve().parents[2]
 REWARD = {"correct": 1.0, "wrong": 0.0, "unparseable": -1.0}
@@ -119,7 +120,8 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     done = run_iterate(
         tiny_model_dir, gsm8k, run_dir, data_dir, 16, 8,
         "--samples", "1,3", "--max-tokens", "32",
-        "--target", "dissimilar", "--first-turn", "unit", "--pairs", "fix",
+        "--target", "dissimilar", "--first-turn", "unit", "--objective", "preference",
+        "--pairs", "fix",
         "--eval-parallel", "2", "--epochs", "2",
     )  # fmt: skip
     assert "m1@t2" in done.stdout and "iter-0" in done.stdout
@@ -216,7 +218,7 @@ def test_on_policy_cycles_with_signed_advantages(
     run_iterate(
         tiny_model_dir, gsm8k, run_dir, tmp_path / "data", 12, 4, "--iterations", "2",
         "--samples", "2,3", "--max-tokens", "24", "--continue-after-correct",
-        "--weighting", "advantage", "--progress-bonus", "1", "--policy-clip", "0.2",
+        "--objective", "advantage", "--progress-bonus", "1", "--policy-clip", "0.2",
         "--anchor-kl", "0.1", "--eval-parallel", "1", "--epochs", "1",
     )  # fmt: skip
 

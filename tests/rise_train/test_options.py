@@ -36,9 +36,11 @@ def click_params(command: str) -> dict[str, Any]:
         ("collect", cli.COLLECT),
         ("build", cli.BUILD),
         ("build", cli.BUILD_FILES),
+        ("build", cli.BUILD_EXPERIMENTAL),
         ("evaluate", cli.EVALUATE),
         ("iterate", cli.COLLECT),
         ("iterate", cli.BUILD),
+        ("iterate", cli.BUILD_EXPERIMENTAL),
         ("iterate", cli.ITERATE_EVALUATE),
     ],
 )
@@ -223,7 +225,8 @@ def test_train_passes_only_given_flags(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_build_and_evaluate_configs_from_defaults() -> None:
     # The generated option sets cover the fields the commands used to list by hand.
-    assert {s.field for s in cli.BUILD.specs()} | {s.field for s in cli.BUILD_FILES.specs()} == {
+    build_sets = (cli.BUILD, cli.BUILD_FILES, cli.BUILD_EXPERIMENTAL)
+    assert {s.field for options in build_sets for s in options.specs()} == {
         f.name for f in dataclasses.fields(BuildConfig)
     } - {"seed"}
     assert {s.field for s in cli.EVALUATE.specs()} == {
@@ -245,3 +248,21 @@ def test_train_arg_values_are_typed_but_words_stay_words() -> None:
         "learning_rate": 1e-5,
         "warmup_steps": 3,
     }
+
+
+def test_the_study_options_are_listed_apart_as_experimental() -> None:
+    """``iterate --help`` lists the study's additions under their own heading, and RISE's
+    recipe (objective, criteria, tau) outside it."""
+    params = click_params("iterate")
+    experimental = {
+        name
+        for name, p in params.items()
+        if getattr(p, "rich_help_panel", None) == cli.EXPERIMENTAL
+    }
+    assert experimental == {
+        "target", "first_turn", "progress_bonus", "pairs", "negative_scale", "mask_negative_stop",
+        "copy_penalty", "max_corrections", "policy_clip", "anchor_kl", "anchor_turns",
+    }  # fmt: skip
+    assert params["objective"].rich_help_panel == "Examples"
+    assert "policy_clip" in click_params("train") and "anchor_model" in click_params("train")
+    assert "anchor_model" not in params  # iterate anchors to its base model
