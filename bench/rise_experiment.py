@@ -88,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-parallel", type=int, default=5, help="parallel first-turn samples")
     p.add_argument("--eval-temperature", type=float, default=1.0)
     p.add_argument("--eval-window", type=int, default=None, help="evaluation context window")
+    p.add_argument(
+        "--feedback", default="fixed",
+        help="what follows each attempt, in collection and evaluation: fixed (RISE's prompt) | "
+        "oracle | calculator | a verifier named in RISE_VERIFIERS",
+    )  # fmt: skip
+    p.add_argument(
+        "--eval-feedback", default=None, help="the evaluation's feedback (default: --feedback)"
+    )
     p.add_argument("--eval-repeats", type=int, default=1, help="evaluation seeds per problem")
     p.add_argument("--ablation", action="store_true", help="turn-2 context ablation")
     p.add_argument("--max-tokens", type=int, default=160, help="tokens per turn")
@@ -211,7 +219,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
             max_turns=args.turns, samples=parse_schedule(args.samples, int),
             temperatures=parse_schedule(args.collect_temperature, float),
             max_tokens=args.max_tokens, continue_after_correct=args.continue_after_correct,
-            seed=args.seed,
+            feedback=args.feedback, seed=args.seed,
         ),
         build=BuildConfig(
             objective=name, criteria=args.criteria, target=args.target,
@@ -225,7 +233,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
             max_turns=args.eval_turns, n_parallel=args.eval_parallel,
             temperature=args.eval_temperature, max_tokens=args.max_tokens,
             context_window=args.eval_window, seed=args.seed, repeats=args.eval_repeats,
-            ablation=args.ablation,
+            ablation=args.ablation, feedback=args.eval_feedback or args.feedback,
         ),
         prompts=prompts(args),
         progress=not args.quiet,

@@ -317,6 +317,7 @@ class _Action:
     turn_candidate_ids: list[list[int]]
     index: int  # of ``candidate`` in ``turn_candidates``
     turn_rewards: list[float]  # the candidates' rewards as the weights see them (copy_penalty)
+    feedback: str | None = None  # "provider:verdict" of the feedback this state answers
 
     @property
     def previous_reward(self) -> float | None:
@@ -355,6 +356,8 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
             else cand.reward
             for i, cand in enumerate(turn.candidates)
         ]
+        given = record.turns[t - 1].feedback if t else None
+        feedback = f"{given['provider']}:{given['verdict']}" if given else None
         for c in picked:
             yield _Action(
                 problem_id=pid,
@@ -371,6 +374,7 @@ def _actions(record: Trajectory, config: BuildConfig, lazy: _LazyRenderer) -> It
                 turn_candidate_ids=ids,
                 index=c,
                 turn_rewards=turn_rewards,
+                feedback=feedback,
             )
         action = turn.action
         output_ids, eos = _target_ids(action, lazy, pid)
@@ -612,6 +616,7 @@ def _example(
         outcome=action.candidate.outcome,
         source=action.candidate.source,
         transition=transition(action.previous_reward, reward),
+        feedback=action.feedback,
     )
     if mask_stop:
         # A wrong answer pushed down whole also pushes down the stop after its answer line, the

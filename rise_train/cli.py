@@ -66,7 +66,7 @@ ENGINE = Options(
 COLLECT = Options(
     CollectConfig,
     ("max_turns:turns", "samples", "temperatures:temperature", "top_p", "max_tokens",
-     "max_word_repeats", "concurrency", "context_window", "continue_after_correct"),
+     "max_word_repeats", "concurrency", "context_window", "continue_after_correct", "feedback"),
     panel="Collection",
 )  # fmt: skip
 TEACHER = Options(
@@ -112,13 +112,14 @@ TRAIN_ANCHOR = Options(TrainOptions, ("anchor_model",), optional=True, panel=EXP
 EVALUATE = Options(
     EvalConfig,
     ("max_turns:turns", "n_parallel:parallel", "repeats", "ablation", "temperature", "top_p",
-     "max_tokens", "context_window", "concurrency"),
+     "max_tokens", "context_window", "feedback", "concurrency"),
     panel="Evaluation",
 )  # fmt: skip
 ITERATE_EVALUATE = Options(
     EvalConfig,
     ("max_turns:eval_turns", "n_parallel:eval_parallel", "temperature:eval_temperature",
-     "repeats:eval_repeats", "ablation:eval_ablation", "top_p", "max_tokens", "context_window"),
+     "repeats:eval_repeats", "ablation:eval_ablation", "top_p", "max_tokens", "context_window",
+     "feedback"),
     panel="Evaluation",
 )  # fmt: skip
 

@@ -17,9 +17,13 @@ JSONL as one line and fsynced, so a crash loses at most the problems in flight; 
 the ids already written and repairs a truncated last line. When every problem is done the file
 is rewritten in problem order, so the same inputs give the same file.
 
-Determinism: on GPU every request carries a seed derived from (seed, problem, turn, candidate);
-on CPU vLLM cannot take per-request seeds and the engine-wide seed (``EngineSettings.seed``)
-plus the fixed submission order is what there is.
+Feedback (``feedback``, :mod:`rise.feedback`): the chosen action of every turn is judged by the
+configured provider, and its message is the next state's user message, as in serving; each
+turn record keeps the feedback given after its action.
+
+Determinism: every request carries a seed derived from (seed, problem, turn, candidate), on CPU
+too (rise/engine/vllm_plugin.py). What a seed cannot fix is how the engine batches requests,
+which moves logits by rounding and, with speculation, how many random numbers a step draws.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any, Protocol
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, SamplingConfig, derive_seed
 from rise.episode import Episode, Outcome, Turn
+from rise.feedback import FeedbackProviders, configured_providers
 from rise.loop import TurnLoop, new_episode
 from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer, PromptConfig
@@ -120,6 +125,13 @@ class CollectConfig:
         default=False,
         metadata={"help": "Keep rolling out after a correct turn (the test-time condition)."},
     )
+    feedback: str = field(
+        default="fixed",
+        metadata={
+            "help": "What follows each attempt in the rollouts: fixed (RISE's prompt) | oracle "
+            "| calculator | a verifier named in RISE_VERIFIERS (docs/RISE.md, 'Feedback')."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the engine's sampling."})
     iteration: int = field(
         default=0, metadata={"help": "Iteration number written into the records."}
@@ -146,6 +158,7 @@ class CollectConfig:
         return RequestPlan(
             max_turns=self.max_turns,
             context_window=self.context_window,
+            feedback=self.feedback,
             temperature=self.temperature_at(turn),
             top_p=self.top_p,
             max_tokens=self.max_tokens,
@@ -240,11 +253,14 @@ class Collector:
         config: CollectConfig,
         renderer: ChatRenderer | None = None,
         teacher: Teacher | None = None,
+        feedback: FeedbackProviders | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
         self.renderer = renderer or ChatRenderer(engine.tokenizer, PromptConfig())
-        self.loop = TurnLoop(engine, self.renderer)
+        self.feedback = feedback or configured_providers()
+        self.feedback.get(config.feedback)  # an unknown name fails before any rollout
+        self.loop = TurnLoop(engine, self.renderer, self.feedback)
         if teacher is None and config.teacher is not None:
             teacher = OpenAITeacher(config.teacher, config.temperatures[-1], config.top_p)
         self.teacher = teacher
@@ -331,6 +347,8 @@ class Collector:
                 break  # nothing usable to continue from
             chosen = first_best([turn.reward or 0.0 for turn, _ in kept])
             action = kept[chosen][0]
+            # What follows the chosen action, the next state's user message (rise.feedback).
+            await self.loop.judge(episode, action, self.config.feedback)
             trajectory.turns.append(
                 TurnRecord(
                     index=action.index,
@@ -339,6 +357,7 @@ class Collector:
                     candidates=[Candidate.from_turn(t, s) for t, s in kept],
                     chosen=chosen,
                     dropped=len(scored) - len(kept),
+                    feedback=None if action.feedback is None else action.feedback.to_dict(),
                 )
             )
             episode.turns.append(action)
@@ -410,6 +429,7 @@ async def collect(
     *,
     renderer: ChatRenderer | None = None,
     teacher: Teacher | None = None,
+    feedback: FeedbackProviders | None = None,
     progress: bool = True,
 ) -> CollectStats:
     """Roll out every problem not yet in ``output``; append each as it finishes; then sort."""
@@ -423,7 +443,7 @@ async def collect(
         raise ValueError("problem ids must be unique: they key trajectories and resumption")
     done = {r.problem_id for r in read_trajectories(path, repair=True)}
     todo = [p for p in problems if p.id not in done]
-    collector = Collector(engine, config, renderer, teacher)
+    collector = Collector(engine, config, renderer, teacher, feedback)
     gate = asyncio.Semaphore(config.concurrency)
     bar = tqdm(
         total=len(problems), initial=len(problems) - len(todo), desc="collect", unit="problem",

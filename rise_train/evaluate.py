@@ -30,12 +30,13 @@ from typing import Any
 from rise.answers import get_grader
 from rise.engine.base import Engine, PromptTooLongError, derive_seed
 from rise.episode import Episode, Turn
+from rise.feedback import FeedbackProviders, configured_providers
 from rise.loop import LoopEvent, TurnEvent, TurnLoop, new_episode
 from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer, PromptConfig
 from rise_train.datasets import Problem
 from rise_train.metrics import AblationCase, compute_metrics, problem_id, turn_is_correct
-from rise_train.stats import BOOTSTRAP_CI, WILSON_CI
+from rise_train.stats import BOOTSTRAP_CI, CLUSTER_CI, WILSON_CI
 
 
 @dataclass
@@ -51,7 +52,17 @@ class EvalConfig:
     max_tokens: int = field(default=512, metadata={"help": "Max new tokens per turn."})
     context_window: int | None = field(
         default=None,
-        metadata={"help": "Keep only the last k attempts (the paper's window: 2; default: all)."},
+        metadata={
+            "help": "Keep only the last k attempts (the public RISE evaluation keeps 1, its "
+            "--context_window 2; default: all)."
+        },
+    )
+    feedback: str = field(
+        default="fixed",
+        metadata={
+            "help": "What follows each turn: fixed (RISE's prompt) | oracle | calculator | a "
+            "verifier named in RISE_VERIFIERS (docs/RISE.md, 'Feedback')."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of every request's sampling."})
     concurrency: int = field(default=256, metadata={"help": "Problems in flight at once."})
@@ -73,6 +84,7 @@ class EvalConfig:
             max_turns=self.max_turns,
             mode="vote",
             context_window=self.context_window,
+            feedback=self.feedback,
             temperature=self.temperature,
             top_p=self.top_p,
             max_tokens=self.max_tokens,
@@ -97,7 +109,7 @@ def ci_text(repeats: int) -> str:
     """The report's ``ci`` line: what each interval is over."""
     units = "problem×repeat episodes" if repeats > 1 else "problems"
     return (
-        f"{WILSON_CI}, per proportion of {units} (pooled copy rates: of turn pairs); "
+        f"{WILSON_CI}, per proportion of {units}; copy rates: {CLUSTER_CI}; "
         f"paired differences: {BOOTSTRAP_CI} (2000 resamples) of per-problem means over "
         f"{repeats} repeat(s)"
     )
@@ -110,13 +122,16 @@ async def run_evaluation(
     *,
     label: str | None = None,
     renderer: ChatRenderer | None = None,
+    feedback: FeedbackProviders | None = None,
     progress: bool = True,
 ) -> Evaluation:
     """Sample every problem as the module docstring says and compute the report."""
     from tqdm.auto import tqdm
 
     renderer = renderer or ChatRenderer(engine.tokenizer, PromptConfig())
-    loop = TurnLoop(engine, renderer)
+    providers = feedback or configured_providers()
+    providers.get(config.feedback)  # an unknown name fails before any turn
+    loop = TurnLoop(engine, renderer, providers)
     gate = asyncio.Semaphore(config.concurrency)
     per_sample = config.max_turns + config.n_parallel - 1
     bar = tqdm(

@@ -128,6 +128,7 @@ class TurnRecord:
     chosen: int = 0
     prompt_ids: list[int] | None = None  # None: rebuilt from the chosen actions when building
     dropped: int = 0  # degenerate candidates left out
+    feedback: dict[str, Any] | None = None  # what followed the chosen action (rise.feedback)
 
     def __post_init__(self) -> None:
         if not self.candidates or not 0 <= self.chosen < len(self.candidates):
@@ -145,6 +146,7 @@ class TurnRecord:
             "candidates": [c.to_dict() for c in self.candidates],
             "chosen": self.chosen,
             "dropped": self.dropped,
+            "feedback": self.feedback,
         }
 
     @classmethod
@@ -157,6 +159,7 @@ class TurnRecord:
             chosen=int(data.get("chosen", 0)),
             prompt_ids=None if data.get("prompt_ids") is None else list(data["prompt_ids"]),
             dropped=int(data.get("dropped", 0)),
+            feedback=data.get("feedback"),
         )
 
 
@@ -233,6 +236,7 @@ class Example:
     outcome: str | None = None
     source: str | None = None
     transition: str | None = None
+    feedback: str | None = None  # the provider and verdict of the feedback this target answers
     kind: Literal["sft"] = "sft"
 
     def __post_init__(self) -> None:

@@ -312,6 +312,32 @@ def format_anchoring(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_feedback(report: dict[str, Any]) -> str:
+    """What the feedback providers said, and what the next turns did with the named slips."""
+    feedback = report.get("feedback")
+    if not feedback:
+        return ""
+    verdicts = "; ".join(
+        f"{provider}: " + ", ".join(f"{v} {n}" for v, n in sorted(counts.items()))
+        for provider, counts in feedback["verdicts"].items()
+    )
+    lines = [f"feedback verdicts: {verdicts}"]
+    if feedback["slips_named"]:
+        lines.append(
+            f"named slips followed by a turn: {feedback['slips_named']} — fixed "
+            f"{_short(feedback['slips_fixed'])}, repeated {_short(feedback['slips_repeated'])}, "
+            f"dropped {_short(feedback['slips_dropped'])}; that next turn right "
+            f"{_short(feedback['next_turn_right_after_slip'])}"
+        )
+    pooled = report.get("copy_selectivity", {})
+    if "wrong_after_right" in pooled:
+        lines.append(
+            f"turns 2..N: right after a wrong turn {_short(pooled['right_after_wrong'])}, "
+            f"wrong after a right turn {_short(pooled['wrong_after_right'])}"
+        )
+    return "\n".join(lines)
+
+
 def format_ablation(report: dict[str, Any]) -> str:
     """Turn 2 after the own wrong attempt, a foreign attempt, or none; own-minus-other contrasts."""
     ablation = report.get("ablation")
@@ -336,6 +362,7 @@ def format_evidence(report: dict[str, Any]) -> str:
     parts = [
         format_copy_selectivity(report),
         format_anchoring(report),
+        format_feedback(report),
         format_flips(report),
         format_exploration(report),
         format_ablation(report),

@@ -46,6 +46,7 @@ __all__ = [
     "FixedFeedback",
     "OracleFeedback",
     "Verdict",
+    "configured_providers",
 ]
 
 FIXED, ORACLE, CALCULATOR = FIXED_FEEDBACK, ORACLE_FEEDBACK, CALCULATOR_FEEDBACK
@@ -159,3 +160,11 @@ class FeedbackProviders:
             close = getattr(verifier, "aclose", None)
             if close is not None:
                 await close()
+
+
+def configured_providers() -> FeedbackProviders:
+    """The built-in providers and the verifiers ``RISE_VERIFIERS`` names (what the service,
+    collection and evaluation offer)."""
+    from rise.feedback.verifier import VerifierSettings
+
+    return FeedbackProviders(VerifierSettings().providers())  # type: ignore[call-arg]

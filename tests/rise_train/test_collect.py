@@ -26,7 +26,7 @@ from rise_train.datasets import Problem
 from rise_train.records import read_trajectories
 from tests.scripted_engine import ScriptedEngineBase
 
-TURN_KEYS = {"index", "user_message", "prompt_ids", "candidates", "chosen", "dropped"}
+TURN_KEYS = {"index", "user_message", "prompt_ids", "candidates", "chosen", "dropped", "feedback"}
 CANDIDATE_KEYS = {"text", "output_ids", "ended_with_eos", "answer", "outcome", "reward", "source"}
 RECORD_KEYS = {
     *("problem_id", "question", "reference", "grader", "source", "context", "turns"),
