@@ -358,3 +358,38 @@ def test_parse_schedule() -> None:
     with pytest.raises(ValueError, match="comma-separated"):
         parse_schedule("1,x")
     assert CollectConfig(samples=(1, 16)).samples_at(5) == 16
+
+
+async def test_collect_with_calculator_feedback_names_the_slip_in_the_next_state(
+    tmp_path, tiny_tokenizer
+) -> None:
+    """``--feedback calculator``: the chosen attempt's slip is named in the next state's user
+    message, the record keeps the feedback, and an example answering it says so."""
+    config = CollectConfig(max_turns=2, samples=(1, 2), feedback="calculator")
+    probs = problems(1, reference=lambda i: "72")
+
+    def script(i: int, turn: int, cand: int) -> str:
+        return "12 x 6 = 62. The answer is 62." if turn == 0 else "12 x 6 = 72. The answer is 72."
+
+    engine = SeedScriptedEngine(tiny_tokenizer, probs, script, config)
+    out = tmp_path / "traj.jsonl"
+    await collect(engine, probs, out, config, progress=False)
+    (record,) = read_trajectory_file(out)
+    first, second = record["turns"]
+    assert first["feedback"]["provider"] == "calculator"
+    assert first["feedback"]["slips"] == ["12 x 6 = 72, not 62"]
+    assert "Check your arithmetic: 12 x 6 = 72, not 62." in second["user_message"]
+    assert second["feedback"]["verdict"] == "unknown"
+    rows, _ = build_examples(read_trajectories(out), BuildConfig(criteria="success"))
+    assert [r.feedback for r in rows] == ["calculator:incorrect"]  # type: ignore[union-attr]
+
+
+async def test_collect_refuses_an_unknown_feedback_before_any_rollout(
+    tmp_path, tiny_tokenizer
+) -> None:
+    config = CollectConfig(max_turns=2, feedback="nope")
+    probs = problems(1)
+    engine = SeedScriptedEngine(tiny_tokenizer, probs, lambda *k: "7", config)
+    with pytest.raises(KeyError, match="unknown feedback"):
+        await collect(engine, probs, tmp_path / "t.jsonl", config, progress=False)
+    assert engine.requests == []
