@@ -3,10 +3,11 @@
 :class:`ExampleDataset` holds the rows of a ``build`` file — examples and preference pairs —
 re-fitted to the training ``max_length`` with build's rule (the context's left end is cut, the
 target kept whole). :class:`WeightedCollator` right-pads a batch to its longest row, never to
-``max_length``; the trainer groups rows of similar length (``group_by_length``), so little
-padding remains. Packing several examples into one row was left out on purpose: a per-example
-mean needs per-example segments, and keeping packed examples from attending to each other needs
-the flash-attention varlen kernel (GPU only) or 4-D masks at O(L²) memory.
+``max_length``. The trainer takes rows in random order; ``train_sampling_strategy=
+group_by_length`` batches rows of similar length, with less padding. Packing several examples
+into one row was left out on purpose: a per-example mean needs per-example segments, and
+keeping packed examples from attending to each other needs the flash-attention varlen kernel
+(GPU only) or 4-D masks at O(L²) memory.
 """
 
 from __future__ import annotations

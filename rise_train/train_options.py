@@ -39,9 +39,12 @@ class TrainOptions:
     report_to: str | list[str] | None = field(
         default="none", metadata={"help": "Experiment trackers (none by default)."}
     )
+    # Random order: length grouping orders each mega-batch long to short, so the weighted
+    # examples of one length band (first answers are shorter than corrections) meet the
+    # optimiser together. docs/EXPERIMENTS.md compares the two on the same collection.
     train_sampling_strategy: str = field(
-        default="group_by_length",
-        metadata={"help": "random | sequential | group_by_length (less padding)."},
+        default="random",
+        metadata={"help": "random (default) | sequential | group_by_length (less padding)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept off: the collator picks the columns."}
