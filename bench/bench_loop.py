@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny model lives in tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tiny model: testbed/
 
 from rise.engine import EngineSettings
 from rise.engine.vllm_engine import VLLMEngine
@@ -40,7 +40,7 @@ from rise.episode import Episode
 from rise.loop import TurnLoop, new_episode
 from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
-from tests.tiny_models import build_tiny_model
+from testbed.tiny_models import build_tiny_model
 
 
 async def run_loop(

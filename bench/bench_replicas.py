@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repository is not
     sys.path.insert(0, str(REPO))
 
-from bench.processes import LiveServer, NginxProxy, RedisServer, free_port  # noqa: E402
+from testbed.processes import LiveServer, NginxProxy, RedisServer, free_port  # noqa: E402
 
 SESSION_HEADER = "X-Session-Id"
 REPLICA_HEADER = "X-Rise-Replica"  # set by docker/nginx/rise.conf: the upstream that answered
@@ -330,7 +330,7 @@ def main() -> None:
         work = Path(tmp)
         model = args.model
         if model is None:
-            from tests.tiny_models import build_tiny_model
+            from testbed.tiny_models import build_tiny_model
 
             model = str(build_tiny_model(work / "tiny-model"))
         elif model == "default":

@@ -48,7 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the repository is not
     sys.path.insert(0, str(REPO))
 
-from bench.processes import free_port, stop_process, wait_ready  # noqa: E402
 from rise.engine.config import EngineSettings  # noqa: E402
 from rise.engine.cpu import (  # noqa: E402
     cpp_compiler,
@@ -59,6 +58,7 @@ from rise.engine.cpu import (  # noqa: E402
 )
 from rise.engine.vllm_engine import engine_layout  # noqa: E402
 from rise.prompts import PromptConfig  # noqa: E402
+from testbed.processes import free_port, stop_process, wait_ready  # noqa: E402
 
 TURNS = 5
 PROMPTS = PromptConfig()
@@ -465,7 +465,7 @@ def main() -> None:
     model = args.model
     if model is None:  # built in a child process: torch's threads stay out of this one
         model = str(Path(tempfile.mkdtemp(prefix="rise-bench-")) / "tiny")
-        code = "import sys; from tests.tiny_models import build_tiny_model as b; b(sys.argv[1])"
+        code = "import sys; from testbed.tiny_models import build_tiny_model as b; b(sys.argv[1])"
         subprocess.run(
             [sys.executable, "-c", code, model], check=True, capture_output=True, cwd=REPO
         )  # cwd: `python -c` puts it on sys.path, so the tests/ helper imports

@@ -59,7 +59,7 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifierServe
 
     import httpx
 
-    from bench.processes import free_port
+    from testbed.processes import free_port
 
     port = free_port()
     log = tmp_path_factory.mktemp("verifier") / "requests.jsonl"
@@ -83,7 +83,7 @@ def verifier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VerifierServe
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from tests.tiny_models import build_tiny_tokenizer
+    from testbed.tiny_models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -91,7 +91,7 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight tiny Llama with a ChatML tokenizer."""
-    from tests.tiny_models import build_tiny_model
+    from testbed.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -99,7 +99,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def parrot_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama taught to answer every chat with PARROT_REPLY (answer 7)."""
-    from tests.tiny_models import build_tiny_model, train_parrot
+    from testbed.tiny_models import build_tiny_model, train_parrot
 
     path = build_tiny_model(tmp_path_factory.mktemp("parrot-model"), seed=1)
     return train_parrot(path, PARROT_REPLY)

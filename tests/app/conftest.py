@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.processes import LiveServer, RedisServer, free_port
+from testbed.processes import LiveServer, RedisServer, free_port
 
 KEY_A = "test-key-alpha"
 KEY_B = "test-key-bravo"

@@ -22,7 +22,7 @@ import httpx
 import pytest
 import yaml
 
-from bench.processes import LiveServer, free_port, wait_ready
+from testbed.processes import LiveServer, free_port, wait_ready
 
 pytestmark = pytest.mark.slow
 

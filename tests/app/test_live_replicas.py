@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.bench_replicas import cluster, kill_under_traffic, measure_affinity
-from bench.processes import RedisServer
+from testbed.processes import RedisServer
 
 pytestmark = pytest.mark.slow
 

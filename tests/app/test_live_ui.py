@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.processes import LiveServer
+from testbed.processes import LiveServer
 from tests.app.conftest import KEY_A
 
 pytestmark = pytest.mark.slow

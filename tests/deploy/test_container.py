@@ -31,9 +31,9 @@ import openai
 import pytest
 import yaml
 
-from bench.processes import free_port
 from rise.engine.config import DEFAULT_MODEL
 from rise.engine.models import cache_dir_for
+from testbed.processes import free_port
 from tests.file_times import file_times
 
 from .podman import (

@@ -29,7 +29,7 @@ import yaml
 from app.api.responding import SESSION_HEADER
 from app.metrics import ENGINE_COUNTERS, ENGINE_GAUGES, ENGINE_HISTOGRAMS, EXPORTED_NAMES
 from app.settings import DEFAULT_PORT, Settings
-from bench.processes import NginxProxy
+from testbed.processes import NginxProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"

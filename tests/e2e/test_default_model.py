@@ -99,10 +99,10 @@ MIN_BOXED = 0.70
 def start_default_service(data_dir: Path, folder: Path, **env_overrides: str):
     """``python -m app`` on the bundled model with the engine's defaults (speculation among
     them; eager, as every test engine), serving the study's one-shot demonstration."""
-    from bench.processes import LiveServer, free_port
     from rise.prompt_file import write_prompts
     from rise.prompts import PromptConfig
     from rise_train.arithmetic import DEMONSTRATION
+    from testbed.processes import LiveServer, free_port
 
     prompts = write_prompts(PromptConfig(demonstrations=(DEMONSTRATION,)), folder)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RISE_")}

@@ -1,7 +1,7 @@
 """Every engine setting that claims to change speed only keeps the sampling distribution.
 
 The real vLLM CPU engine samples from a model whose next-token probabilities are known exactly:
-a Markov chain over eight tokens (``tests/tiny_models.py: build_markov_model``). Its likely
+a Markov chain over eight tokens (``testbed/tiny_models.py: build_markov_model``). Its likely
 path is a cycle, so n-gram speculation finds the cycle in the prompt and in the text so far and
 drafts at nearly every step; over a third of the drafted tokens are accepted. Requests at
 temperature 1.0, 0.7, 0.7 with a seed each, and 1.0 with top-p 0.73 run in one batch beside
@@ -63,7 +63,7 @@ BASELINE = dict(
 
 @pytest.fixture(scope="module")
 def markov_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_models import build_markov_model
+    from testbed.tiny_models import build_markov_model
 
     return build_markov_model(tmp_path_factory.mktemp("markov-model"))
 

@@ -26,7 +26,7 @@ from rise_train.scoring import (
 )
 from rise_train.train import TrainConfig, fit
 from rise_train.trainer import RiseTrainer
-from tests.tiny_models import tiny_train_config
+from testbed.tiny_models import tiny_train_config
 
 LOG2 = math.log(2.0)
 ROWS = [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [2.0, 0.0, 0.0]]  # logits of one sequence, [L=3, V=3]

@@ -25,13 +25,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench.processes import free_port
 from rise_train.cli import app as cli_app
 from rise_train.data import WeightedCollator
 from rise_train.datasets import Problem
 from rise_train.iterate import DataSet, IterateConfig, format_run, open_manifest, run, save_manifest
 from rise_train.metrics import compute_metrics, paired_comparison
 from rise_train.objectives.rwr import weighted_nll
+from testbed.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 REWARD = {"correct": 1.0, "wrong": 0.0, "unparseable": -1.0}

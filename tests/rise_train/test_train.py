@@ -15,7 +15,7 @@ from rise_train.objectives.rwr import RWR, weighted_nll
 from rise_train.records import IGNORE_INDEX, Example, write_jsonl
 from rise_train.train import TrainConfig, fit
 from rise_train.trainer import RiseTrainer
-from tests.tiny_models import tiny_train_config
+from testbed.tiny_models import tiny_train_config
 
 
 def make_example(prompt: list[int], target: list[int], weight: float, **meta: Any) -> dict:

@@ -6,8 +6,8 @@ conversation format as the default SmolLM2 model, so every code path (rendering,
 prefix caching, training) runs for real. ``train_parrot`` optionally teaches it one fixed reply,
 which gives integration tests a model whose answers are known in advance.
 
-Test tooling, not part of the installed package: the fixtures in ``tests/conftest.py`` and the
-benchmarks under ``bench/`` use it. It stays out of ``rise/engine/`` because ``train_parrot``
+Test tooling, not part of the installed package (:mod:`testbed`): the fixtures in
+``tests/conftest.py`` and the benchmarks under ``bench/`` use it. It stays out of ``rise/engine/`` because ``train_parrot``
 renders RISE's prompts, and the engine knows no prompts (docs/ARCHITECTURE.md).
 """
 
