@@ -4,7 +4,7 @@ VENV  := .venv/bin
 export RISE_DATA_DIR ?= $(CURDIR)/.data
 export TMPDIR ?= $(CURDIR)/.tmp
 
-.PHONY: setup run test solve bench lint
+.PHONY: setup run test test-fast solve bench lint
 setup:
 	@mkdir -p "$(TMPDIR)" && bash scripts/setup.sh
 
@@ -16,6 +16,12 @@ run: setup
 test:
 	@mkdir -p "$(TMPDIR)" && bash scripts/setup.sh --test
 	$(VENV)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+## The tests that need no engine, Redis, browser or container, and are quick (~2 minutes).
+test-fast:
+	@mkdir -p "$(TMPDIR)" && bash scripts/setup.sh --test
+	$(VENV)/python -m pytest -p no:cacheprovider \
+		-m "not engine and not redis and not browser and not container and not slow" $(PYTEST_ARGS)
 
 ## One problem over several turns on the default model: make solve Q="Tom has 3 apples..."
 solve: setup

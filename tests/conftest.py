@@ -25,6 +25,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RISE_ENFORCE_EAGER", "true")
 
 
+# Tests are marked by what they need (pyproject.toml's markers); a test that uses one of these
+# fixtures needs what it names, whatever its module says.
+NEEDS = {
+    "engine": {"tiny_engine", "parrot_engine", "live"},
+    "redis": {"redis_server", "live"},
+    "browser": {"browser"},
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for mark, fixtures in NEEDS.items():
+            if used & fixtures:
+                item.add_marker(getattr(pytest.mark, mark))
+
+
+@pytest.fixture(autouse=True)
+def _engines_only_where_marked(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """A test without the ``engine`` mark that starts a vLLM engine (in this process or as a
+    live server) fails, naming the mark: ``make test-fast`` must never start one."""
+    if request.node.get_closest_marker("engine") is not None:
+        return
+    from rise.engine.vllm_engine import VLLMEngine
+    from testbed.processes import LiveServer
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} starts a vLLM engine: mark it `engine`")
+
+    monkeypatch.setattr(VLLMEngine, "from_layout", refuse)
+    monkeypatch.setattr(LiveServer, "launch", refuse)
+
+
 @pytest.fixture(scope="session")
 def parrot_reply() -> str:
     return PARROT_REPLY

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 SMALL = {"question": "What is 1 + 2?", "max_turns": 1, "temperature": 0, "max_tokens": 8}
 

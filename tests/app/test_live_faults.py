@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 SMALL = {"question": "What is 4 + 4?", "max_turns": 2, "temperature": 0, "max_tokens": 12}
 LONG = {"question": "Go on.", "max_turns": 5, "max_tokens": 1024, "temperature": 0}

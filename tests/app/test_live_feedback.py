@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 
 def solve(api: httpx.Client, feedback: str, turns: int = 2) -> dict:

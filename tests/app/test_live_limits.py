@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 LONG = {"question": "Count slowly.", "max_turns": 5, "max_tokens": 1024, "temperature": 0}
 

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 QUESTION = [{"role": "user", "content": "What is 12 + 7?"}]
 

@@ -24,7 +24,7 @@ def extraction_of(text: str, answer: str | None) -> str:
     return "boxed" if extract_boxed(text) is not None else "fallback"
 
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 
 def test_health_and_ready(live) -> None:

@@ -24,7 +24,7 @@ import yaml
 
 from testbed.processes import LiveServer, free_port, wait_ready
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "rise.json"

@@ -18,7 +18,7 @@ import pytest
 from bench.bench_replicas import cluster, kill_under_traffic, measure_affinity
 from testbed.processes import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 
 def test_two_replicas_behind_nginx_keep_sessions_and_survive_a_kill(

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 GREEDY = {"temperature": 0, "max_tokens": 16}
 

@@ -18,7 +18,7 @@ import pytest
 from testbed.processes import LiveServer
 from tests.app.conftest import KEY_A
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.browser, pytest.mark.slow]
 
 WAIT_S = 180
 

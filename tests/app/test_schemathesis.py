@@ -17,7 +17,7 @@ import pytest
 
 from app.settings import Settings
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
 
 TIGHTER = {"max_tokens": 8, "max_completion_tokens": 8, "max_turns": 2, "n": 2}
 

@@ -52,7 +52,7 @@ PREPARED_MARKER = "rise-prepared.json"
 SESSION_KEY_PREFIX = "rise:session:"
 QUESTION = "Tom has 3 apples and buys 4 more. How many apples does Tom have?"
 
-pytestmark = pytest.mark.timeout(3600)
+pytestmark = [pytest.mark.timeout(3600), pytest.mark.container, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

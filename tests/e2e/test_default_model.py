@@ -14,7 +14,7 @@ import pytest
 
 from rise.engine.models import bundled_gguf_path, prepare_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 

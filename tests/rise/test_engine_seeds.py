@@ -37,6 +37,7 @@ def test_seeded_generator_undoes_a_step_on_rewind() -> None:
     assert not torch.equal(torch.rand(3, generator=generator), second)
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 async def test_cpu_engine_seeds_reproduce_and_survive_chunked_prefill(
     tiny_model_dir, tmp_path

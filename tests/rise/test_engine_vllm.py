@@ -18,7 +18,7 @@ from rise.plan import RequestPlan
 from rise.prompts import ChatRenderer
 from tests.file_times import file_times
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 QUESTIONS = [
     f"Problem {i}: a farmer has {i + 3} cows and buys {2 * i + 1} more." for i in range(10)

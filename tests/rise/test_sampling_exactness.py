@@ -39,7 +39,7 @@ from tests.sampling_stats import (
     softmax,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 GROUPS = (  # (temperature, top_p, seeded): 48 requests each, sampled in one batch
     (1.0, 1.0, False),

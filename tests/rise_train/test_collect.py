@@ -263,6 +263,7 @@ def test_read_trajectory_file_refuses_damage_before_the_end(tmp_path) -> None:
 # -- the real engine (parrot: always "The answer is \\boxed{7}.") -------------------------------
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 async def test_collect_on_parrot_engine(tmp_path, parrot_engine) -> None:
     probs = problems(8, reference=lambda i: "7" if i % 2 == 0 else "8")

@@ -113,6 +113,7 @@ def run_iterate(
     return done
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data: Path) -> None:
     run_dir, data_dir = tmp_path / "run", tmp_path / "data"
@@ -206,6 +207,7 @@ def test_micro_run_end_to_end(tmp_path: Path, tiny_model_dir: Path, shared_data:
     assert solved["turns"][0]["completion_tokens"] > 0
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 def test_on_policy_cycles_with_signed_advantages(
     tmp_path: Path, tiny_model_dir: Path, shared_data: Path
