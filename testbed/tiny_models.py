@@ -7,8 +7,9 @@ prefix caching, training) runs for real. ``train_parrot`` optionally teaches it 
 which gives integration tests a model whose answers are known in advance.
 
 Test tooling, not part of the installed package (:mod:`testbed`): the fixtures in
-``tests/conftest.py`` and the benchmarks under ``bench/`` use it. It stays out of ``rise/engine/`` because ``train_parrot``
-renders RISE's prompts, and the engine knows no prompts (docs/ARCHITECTURE.md).
+``tests/conftest.py`` and the benchmarks under ``bench/`` use it. It stays out of
+``rise/engine/`` because ``train_parrot`` renders RISE's prompts, and the engine knows no
+prompts (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
