@@ -1,7 +1,8 @@
 """The calculator: every arithmetic statement an attempt writes, checked with exact arithmetic.
 
 A *statement* is an expression of numbers and the four operations followed by ``=`` and a
-number: ``12 x 6 = 62``, ``$9 + $4 = $13``, ``(5 + 3) \\times 2 = 16``, ``21 - 12 = 8 apples``.
+number: ``12 x 6 = 62``, ``$9 + $4 = $13``, ``(5 + 3) \\times 2 = 16``, ``21 - 12 = 8 apples``,
+``(12 bags) + 6 apples = 20`` (a number may carry one unit word).
 Finding them is the only part written here (a regular expression over the attempt's text, what
 no library does for free text); the arithmetic is SymPy's: the expression, reduced to digits,
 ``+ - * /``, points and parentheses (so nothing else can reach the parser), is parsed with the
@@ -21,8 +22,10 @@ from functools import cache
 from typing import Any
 
 _NUMBER = r"\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_OPERATOR = r"(?:[-+*/x×X÷·−]|\\times|\\cdot|\\div)"
-_OPERAND = rf"\(*\s*{_NUMBER}\s*\)*"
+_OPERATOR = r"(?:[-+*/x×X÷·−]|\\times|\\cdot|\\div|\btimes\b)"
+# A number may carry one unit word ("12 bags + 6 apples"); never "x" or "times", the operators.
+_UNIT = r"(?:\s+(?!(?:x|X|times)\b)[A-Za-z]+)?"
+_OPERAND = rf"\(*\s*{_NUMBER}{_UNIT}\s*\)*"
 _EXPRESSION = rf"-?\s?{_OPERAND}(?:\s*{_OPERATOR}\s*{_OPERAND})+"
 # lhs = rhs, where rhs is one number not continued by an operator (chains are checked link by
 # link: "3 + 4 = 7 + 2 = 9" is "3 + 4 = 7" then "7 + 2 = 9")
@@ -30,17 +33,8 @@ _STATEMENT = re.compile(
     rf"(?<![\w.])(?P<lhs>{_EXPRESSION})\s*=\s*(?P<rhs>-?\s?{_NUMBER})"
     rf"(?![\d.]*\s*{_OPERATOR}\s*\(*\s*\$?\d)(?!\.?\d)"
 )
-_SYMBOLS = {
-    "\\times": "*",
-    "\\cdot": "*",
-    "\\div": "/",
-    "x": "*",
-    "X": "*",
-    "×": "*",
-    "·": "*",
-    "÷": "/",
-    "−": "-",
-}
+_SYMBOLS = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "·": "*", "÷": "/", "−": "-"}
+_WORD_TIMES = re.compile(r"(?<![A-Za-z])(?:x|X|times)(?![A-Za-z])")  # "x" and "times", not "box"
 _SAFE = re.compile(r"[\d.+\-*/() ]+")
 
 
@@ -59,8 +53,10 @@ class Slip:
 def normalise(expression: str) -> str | None:
     """The expression as plain ``+ - * /`` arithmetic on digits, or None if it is not one."""
     text = expression.replace("$", "").replace(",", "")
-    for symbol, operator in _SYMBOLS.items():  # the LaTeX commands before their letters
+    for symbol, operator in _SYMBOLS.items():  # the LaTeX commands before their letters go
         text = text.replace(symbol, operator)
+    text = _WORD_TIMES.sub("*", text)
+    text = re.sub(r"[A-Za-z]+", "", text)  # unit words ("12 bags")
     text = "".join(text.split())  # one spelling per computation: "12*6" for "12 x 6", "12x6"
     if not _SAFE.fullmatch(text) or text.count("(") != text.count(")"):
         return None

@@ -49,6 +49,9 @@ Q = "Ana buys 12 bags with 6 apples in each bag. How many apples does Ana buy?"
         ("1,000 + 250 = 1,200", ["1,000 + 250 = 1250, not 1,200"]),
         ("7 / 2 = 3", ["7 / 2 = 3.5, not 3"]),  # an integer claim is not a rounding
         ("$9 + $4 = $14", ["$9 + $4 = 13, not $14"]),
+        ("1. (12 bags) + 6 apples = 20 apples", ["(12 bags) + 6 apples = 18, not 20"]),
+        ("3 boxes x 4 = 13", ["3 boxes x 4 = 12, not 13"]),  # "x" the operator, not in "boxes"
+        ("12 times 6 = 62", ["12 times 6 = 72, not 62"]),
     ],
 )
 def test_calculator_names_wrong_statements(text: str, slips: list[str]) -> None:
@@ -64,6 +67,8 @@ def test_calculator_names_wrong_statements(text: str, slips: list[str]) -> None:
         "1/0 = 5",  # no value to compare
         "The answer is 42.",
         "0.1 + 0.2 = 0.3",  # exact rationals, not floats
+        "2 hours x 60 minutes = 120 minutes",
+        "He has 3 apples and 4 pears = 7",  # words between the numbers: not arithmetic
     ],
 )
 def test_calculator_finds_no_slip_in_right_or_uncheckable_text(text: str) -> None:
