@@ -219,6 +219,19 @@ def stage(
     save_manifest(run_dir, manifest)
 
 
+@contextlib.contextmanager
+def counted(engine: Any, record: dict[str, Any]) -> Iterator[None]:
+    """Record in a stage what the engine did during it: tokens generated and how much n-gram
+    speculation drafted (``drafts``: request-steps that drafted; docs/VLLM_CPU.md)."""
+    from rise.engine.base import engine_counters
+
+    before = engine_counters(engine)
+    yield
+    after = engine_counters(engine)
+    if after:
+        record["engine"] = {k: after[k] - before.get(k, 0.0) for k in after}
+
+
 # -- the stages ------------------------------------------------------------------------------
 
 
@@ -258,7 +271,7 @@ async def _engine_session(
                 f"{folder}/base" if evaluate_as == "base" else f"{evaluate_as}/{folder}"
             )
             name = f"evaluate:{evaluate_as}" + ("" if main else f":{data.name}")
-            with stage(run_dir, manifest, name, None) as record:
+            with stage(run_dir, manifest, name, None) as record, counted(engine, record):
                 result = await run_evaluation(
                     engine, data.problems, config.evaluate, label=evaluate_as,
                     renderer=renderer, progress=config.progress,
@@ -275,7 +288,7 @@ async def _engine_session(
             k = collect_iteration
             path = run_dir / f"iter-{k}" / "trajectories.jsonl"
             cfg = replace(config.collect, iteration=k)  # the iteration salts request seeds
-            with stage(run_dir, manifest, "collect", k):
+            with stage(run_dir, manifest, "collect", k) as record, counted(engine, record):
                 stats = await collect(
                     engine, train.problems, path, cfg, renderer=renderer,
                     progress=config.progress,

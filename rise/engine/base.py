@@ -122,3 +122,27 @@ class Engine(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+ENGINE_COUNTERS = {
+    "generated_tokens": "vllm:generation_tokens",
+    "drafts": "vllm:spec_decode_num_drafts",
+    "draft_tokens": "vllm:spec_decode_num_draft_tokens",
+    "accepted_tokens": "vllm:spec_decode_num_accepted_tokens",
+}
+"""What :func:`engine_counters` reads from vLLM's own counters: tokens generated, and how much
+n-gram speculation drafted (requests x steps that drafted, tokens drafted, tokens accepted)."""
+
+
+def engine_counters(engine: Engine) -> dict[str, float]:
+    """The engine's :data:`ENGINE_COUNTERS` so far (summed over its series); empty for an
+    engine without vLLM's registry. Differences over a stage say how much of it speculated."""
+    registry = engine.metrics_registry()
+    if registry is None:
+        return {}
+    totals = dict.fromkeys(ENGINE_COUNTERS, 0.0)
+    for metric in registry.collect():
+        for key, family in ENGINE_COUNTERS.items():
+            if metric.name == family:
+                totals[key] += sum(s.value for s in metric.samples if s.name == family + "_total")
+    return totals

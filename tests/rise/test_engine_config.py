@@ -296,3 +296,30 @@ def test_engine_preload_follows_the_settings() -> None:
     assert engine_preload(EngineSettings(), gpu=False) == tuple(p for p in (iomp,) if p)
     assert engine_preload(EngineSettings(), gpu=True) == ()
     assert engine_preload(EngineSettings(cpu_preload_iomp=False), gpu=False) == ()
+
+
+def test_engine_counters_sum_vllms_series() -> None:
+    """What a stage records of the engine: vLLM's counters, summed over their label sets."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from rise.engine.base import engine_counters
+
+    registry = CollectorRegistry()
+    generated = Counter("vllm:generation_tokens", "g", ["engine"], registry=registry)
+    drafts = Counter("vllm:spec_decode_num_drafts", "d", ["engine"], registry=registry)
+    generated.labels("0").inc(100)
+    generated.labels("1").inc(20)
+    drafts.labels("0").inc(7)
+
+    class Engine:
+        def metrics_registry(self):
+            return registry
+
+    class NoRegistry:
+        def metrics_registry(self):
+            return None
+
+    counters = engine_counters(Engine())  # type: ignore[arg-type]
+    assert counters["generated_tokens"] == 120 and counters["drafts"] == 7
+    assert counters["accepted_tokens"] == 0
+    assert engine_counters(NoRegistry()) == {}  # type: ignore[arg-type]
