@@ -67,8 +67,6 @@ def expand_kernel(
     """Write ``input_val[i]`` (``replace_to`` where it equals ``replace_from``) into ``output``
     once per token of request ``i``, request ``i`` owning tokens ``cu_num_tokens[i-1]`` to
     ``cu_num_tokens[i]``: vLLM's ``expand_kernel``, at ``output``'s own dtype."""
-    import torch
-
     if cu_num_tokens.numel() == 0:
         return
     counts = torch.diff(cu_num_tokens.long(), prepend=cu_num_tokens.new_zeros(1).long())
