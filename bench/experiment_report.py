@@ -18,7 +18,7 @@ from rise.episode import Episode
 from rise_train.build import format_composition
 from rise_train.metrics import compute_metrics, paired_comparison
 from rise_train.report import format_paired, read_report
-from rise_train.stats import Proportion
+from rise_train.stats import Proportion, paired_bootstrap
 
 HEADLINE = ("m1@t1", "m5@t1", "m1@t5", "p1@t5", "p5@t1")  # p5@t1: any of 5 parallel right
 
@@ -266,3 +266,38 @@ def print_summary(run_dirs: list[Path]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
     print()
     print("\n".join(details))
+
+
+def seed_mean(base: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Several training seeds of one recipe against a base, averaged per problem first: the
+    seeds' mean m1@t1, m1@tN and sequential gain, each minus the base's, and the gain itself;
+    paired percentile bootstraps over the problems all reports share (their ``per_problem``)."""
+
+    def per_problem(report: dict[str, Any]) -> dict[str, tuple[float, float]]:
+        rows = report["per_problem"]
+        return dict(zip(rows["ids"], zip(rows["first_turn"], rows["final_vote"], strict=True),
+                        strict=True))  # fmt: skip
+
+    b, seeds = per_problem(base), [per_problem(r) for r in runs]
+    ids = sorted(set(b).intersection(*seeds))
+
+    def mean(i: str, k: int) -> float:
+        return sum(s[i][k] for s in seeds) / len(seeds)
+
+    gain = [mean(i, 1) - mean(i, 0) for i in ids]
+    return {
+        "gain": paired_bootstrap(gain),
+        "gain_minus_base_gain": paired_bootstrap(
+            [g - (b[i][1] - b[i][0]) for g, i in zip(gain, ids, strict=True)]
+        ),
+        "m1@t1_minus_base": paired_bootstrap([mean(i, 0) - b[i][0] for i in ids]),
+        "m1@tN_minus_base": paired_bootstrap([mean(i, 1) - b[i][1] for i in ids]),
+    }
+
+
+def print_seed_mean(base: Path, runs: list[Path]) -> None:
+    """``rise_experiment.py --seed-mean BASE REPORT...``: :func:`seed_mean` of report files."""
+    result = seed_mean(read_report(base), [read_report(r) for r in runs])
+    print(f"{len(runs)} seeds against {base}:")
+    for name, paired in result.items():
+        print(format_paired(f"  {name}", paired))

@@ -169,6 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="only evaluate this checkpoint on the held-out sets, into --run-dir",
     )  # fmt: skip
     p.add_argument(
+        "--seed-mean", nargs="+", default=None, metavar="REPORT",
+        help="only print several seeds' per-problem mean against a base: BASE_REPORT "
+        "SEED_REPORT... (report.json files; paired bootstrap over problems)",
+    )  # fmt: skip
+    p.add_argument(
         "--summarize", nargs="*", default=None, metavar="RUN",
         help="only print (and write results.json for) these existing run directories",
     )  # fmt: skip
@@ -384,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.evaluate_model is not None:
         return evaluate_model(args)
+    if args.seed_mean is not None:
+        from experiment_report import print_seed_mean
+
+        if len(args.seed_mean) < 2:
+            raise SystemExit("--seed-mean: a base report and at least one seed's report")
+        print_seed_mean(Path(args.seed_mean[0]), [Path(r) for r in args.seed_mean[1:]])
+        return 0
     if args.summarize is not None:
         from experiment_report import print_summary
 

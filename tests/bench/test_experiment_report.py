@@ -75,3 +75,20 @@ def test_answer_follows_work_compares_the_answer_with_the_last_result() -> None:
     got = answer_follows_work([episode])
     assert (got["first"]["count"], got["first"]["n"]) == (1, 1)
     assert (got["later"]["count"], got["later"]["n"]) == (1, 3)
+
+
+def test_seed_mean_averages_seeds_per_problem_before_the_bootstrap() -> None:
+    from bench.experiment_report import seed_mean
+
+    def report(first: list[float], final: list[float]) -> dict:
+        ids = [f"p{i}" for i in range(len(first))]
+        return {"per_problem": {"ids": ids, "first_turn": first, "final_vote": final}}
+
+    base = report([0, 0, 1, 1], [0, 1, 1, 0])  # gain per problem 0, +1, 0, -1
+    seeds = [report([1, 0, 1, 0], [1, 1, 1, 0]), report([1, 0, 0, 0], [1, 0, 1, 1])]
+    result = seed_mean(base, seeds)
+    # seed-mean gains per problem: 0, 0.5, 0.5, 0.5 -> 0.375; minus the base's: 0, -0.5, .5, 1.5
+    assert result["gain"]["value"] == pytest.approx(0.375)
+    assert result["gain_minus_base_gain"]["value"] == pytest.approx(0.375)
+    assert result["m1@t1_minus_base"]["value"] == pytest.approx((1 + 0 - 0.5 - 1) / 4)
+    assert result["gain"]["n"] == 4
