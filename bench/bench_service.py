@@ -186,21 +186,34 @@ class Subprocess:
     """A server in its own process group, stopped with SIGTERM (then SIGKILL of the group)."""
 
     proc: subprocess.Popen | None = None
+    log: Path | None = None
 
     def launch(
         self, command: list[str], env: dict[str, str], ready_url: str, log: Path | None = None
     ) -> None:
-        """Start ``command``; its output goes to ``log`` (appended) when given, else nowhere."""
+        """Start ``command``; its output goes to ``log`` (appended), by default a file in the
+        temporary folder, whose end a failed start shows."""
         self.ready_url = ready_url
-        with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        if log is None:
+            handle, name = tempfile.mkstemp(prefix=f"rise-bench-{Path(command[-1]).name}-",
+                                            suffix=".log")  # fmt: skip
+            os.close(handle)
+            log = Path(name)
+        self.log = log
+        with open(log, "ab") as out:
             self.proc = subprocess.Popen(
                 command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
 
+    def tail(self) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return f"({self.log})\n" + self.log.read_text(errors="replace")[-4000:]
+
     async def wait(self) -> None:
         assert self.proc is not None
-        await asyncio.to_thread(wait_ready, self.ready_url, self.proc, str, 300, "server")
+        await asyncio.to_thread(wait_ready, self.ready_url, self.proc, self.tail, 300, "server")
 
     async def stop(self) -> None:
         if self.proc is not None:
