@@ -491,7 +491,8 @@ def main() -> None:
         max_num_seqs=64,
     )
     rows, per_round = asyncio.run(run_all(args, settings))
-    print(f"\n{TURNS}-turn solves, {args.max_tokens} tokens per turn, greedy; model {model}\n")
+    sampling = "greedy" if args.temperature == 0 else f"temperature {args.temperature:g}"
+    print(f"\n{TURNS}-turn solves, {args.max_tokens} tokens per turn, {sampling}; model {model}\n")
     print_table(rows)
     print()
     for line in ratios(rows, per_round):
