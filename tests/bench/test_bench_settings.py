@@ -100,3 +100,15 @@ def test_vllm_serve_gets_the_dtype_speculation_and_layout_our_engine_resolves(
     assert option(plain_cpu, backend) == IN_CORE_EXECUTOR  # the worker inside the engine core
     three = settings.model_copy(update={"cpu_worker_in_engine_core": False})
     assert backend not in vllm_serve_command(three, 8123, frozenset({"avx2"}), None)
+
+
+def test_llama_cpp_builds_native_unless_the_cpu_reports_amx() -> None:
+    """ggml's AMX path crashed on the AMX VM measured here: such CPUs get every other feature
+    they report, named, and no AMX; others get -march=native."""
+    from bench.bench_cpu import ggml_cpu_options
+
+    assert ggml_cpu_options(frozenset({"avx2", "fma"})) == ("build", ["-DGGML_NATIVE=ON"])
+    name, options = ggml_cpu_options(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_tile"}))
+    assert name == "build-no-amx" and "-DGGML_NATIVE=OFF" in options
+    assert "-DGGML_AVX512=ON" in options and "-DGGML_AVX512_BF16=ON" in options
+    assert "-DGGML_AVX512_VNNI=OFF" in options and not any("AMX" in o for o in options)
