@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--eval-feedback", default=None, help="the evaluation's feedback (default: --feedback)"
     )
+    p.add_argument(
+        "--solution-teacher", action="store_true",
+        help="a correction turn best-of-N could not fix gets the problem's worked solution",
+    )  # fmt: skip
     p.add_argument("--eval-repeats", type=int, default=1, help="evaluation seeds per problem")
     p.add_argument("--ablation", action="store_true", help="turn-2 context ablation")
     p.add_argument("--max-tokens", type=int, default=160, help="tokens per turn")
@@ -224,7 +228,7 @@ def iterate_config(args: argparse.Namespace) -> IterateConfig:
             max_turns=args.turns, samples=parse_schedule(args.samples, int),
             temperatures=parse_schedule(args.collect_temperature, float),
             max_tokens=args.max_tokens, continue_after_correct=args.continue_after_correct,
-            feedback=args.feedback, seed=args.seed,
+            feedback=args.feedback, solution_teacher=args.solution_teacher, seed=args.seed,
         ),
         build=BuildConfig(
             objective=name, criteria=args.criteria, target=args.target,

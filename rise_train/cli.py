@@ -66,7 +66,8 @@ ENGINE = Options(
 COLLECT = Options(
     CollectConfig,
     ("max_turns:turns", "samples", "temperatures:temperature", "top_p", "max_tokens",
-     "max_word_repeats", "concurrency", "context_window", "continue_after_correct", "feedback"),
+     "max_word_repeats", "concurrency", "context_window", "continue_after_correct", "feedback",
+     "solution_teacher"),
     panel="Collection",
 )  # fmt: skip
 TEACHER = Options(

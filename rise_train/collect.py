@@ -7,7 +7,10 @@ from the same state — ``samples[t]`` from the policy (one at turn 1, best-of-N
 correction, as the public RISE code) and, at correction turns when a teacher is configured,
 ``teacher.samples`` from any OpenAI-compatible endpoint (distillation) — every candidate is
 graded, degenerate ones are dropped, and the FIRST candidate with the highest reward becomes the
-trajectory's action (policy candidates come first, so a tie keeps the on-policy action). The
+trajectory's action (policy candidates come first, so a tie keeps the on-policy action). With
+``solution_teacher``, a correction turn none of whose candidates is right gets one more: the
+problem's worked solution (generated problems know theirs), so best-of-N is tried first and the
+teacher only fills the problems it could not correct. The
 trajectory stops once its action is correct, unless ``continue_after_correct`` asks it to go on
 (the test-time condition: no oracle says "stop, you are right").
 
@@ -130,6 +133,13 @@ class CollectConfig:
         metadata={
             "help": "What follows each attempt in the rollouts: fixed (RISE's prompt) | oracle "
             "| calculator | a verifier named in RISE_VERIFIERS (docs/RISE.md, 'Feedback')."
+        },
+    )
+    solution_teacher: bool = field(
+        default=False,
+        metadata={
+            "help": "Where no candidate of a correction turn is right, add the problem's worked "
+            "solution as one (problems that carry one: the generated arithmetic)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the engine's sampling."})
@@ -285,13 +295,32 @@ class Collector:
         teacher = [self.teacher_turns(problem, episode)] if asks_teacher else []
         results = await asyncio.gather(*policy, *teacher)  # all in flight together
         out = [(turn, "policy") for turn in results[:n]]
-        return out + [(turn, "teacher") for group in results[n:] for turn in group]
+        out += [(turn, "teacher") for group in results[n:] for turn in group]
+        solved = any(turn.outcome is Outcome.CORRECT for turn, _ in out)
+        if self.config.solution_teacher and index > 0 and problem.solution and not solved:
+            # Best-of-N (and any teacher) found no correction: the worked solution is one.
+            solution = self.text_turns(problem, episode, [problem.solution])
+            out += [(turn, "solution") for turn in solution]
+        return out
 
     async def teacher_turns(self, problem: Problem, episode: Episode) -> list[Turn]:
         """The teacher's answers to the same state, as turns with ids from our renderer."""
         assert self.config.teacher is not None and self.teacher is not None
-        # Text in, ids out: the teacher's own tokenizer is irrelevant, the learner trains on the
-        # text as rendered by the learner's template (the one renderer, docs/RISE.md §1).
+        index = len(episode.turns)
+        n = self.config.teacher.samples
+        offset = self.config.samples_at(index)
+        seeds = [self.sampling(problem.id, index, offset + i).seed or 0 for i in range(n)]
+        user_message = self.loop.user_message(episode, index)
+        messages = [*episode.messages(), {"role": "user", "content": user_message}]
+        texts = await self.teacher.complete(messages, n, seeds, self.config.max_tokens)
+        return self.text_turns(problem, episode, texts)
+
+    def text_turns(self, problem: Problem, episode: Episode, texts: Sequence[str]) -> list[Turn]:
+        """Texts written for the episode's next state, as graded turns with our renderer's ids.
+
+        Text in, ids out: a teacher's own tokenizer is irrelevant, the learner trains on the text
+        as rendered by the learner's template (the one renderer, docs/RISE.md §1).
+        """
         index = len(episode.turns)
         user_message = self.loop.user_message(episode, index)
         prompt_ids = self.renderer.next_prompt_ids(
@@ -299,11 +328,6 @@ class Collector:
         )
         if len(prompt_ids) >= self.engine.max_model_len:
             raise PromptTooLongError(len(prompt_ids), self.engine.max_model_len)
-        n = self.config.teacher.samples
-        offset = self.config.samples_at(index)
-        seeds = [self.sampling(problem.id, index, offset + i).seed or 0 for i in range(n)]
-        messages = [*episode.messages(), {"role": "user", "content": user_message}]
-        texts = await self.teacher.complete(messages, n, seeds, self.config.max_tokens)
         grader = get_grader(episode.grader)
         turns = []
         for text in texts:
@@ -395,6 +419,7 @@ class CollectStats:
     correct_candidates: int = 0
     solved: int = 0  # trajectories whose last action is correct
     solved_at_turn: list[int] = field(default_factory=list)  # by the turn of the first success
+    actions_by_source: dict[str, int] = field(default_factory=dict)  # policy | teacher | solution
     output_tokens: int = 0
     wall_s: float = 0.0
 
@@ -411,6 +436,8 @@ def summarize(records: Sequence[Trajectory], max_turns: int) -> CollectStats:
             stats.dropped += turn.dropped
             stats.correct_candidates += sum(c.correct for c in turn.candidates)
             stats.output_tokens += sum(len(c.output_ids or []) for c in turn.candidates)
+            source = turn.candidates[turn.chosen].source
+            stats.actions_by_source[source] = stats.actions_by_source.get(source, 0) + 1
         first = next((t for t, r in enumerate(record.rewards) if r >= 1.0), None)
         if first is not None and first < max_turns:
             stats.solved += 1

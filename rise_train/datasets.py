@@ -41,15 +41,20 @@ class Problem:
     reference: str
     source: str
     grader: str = "math"  # a name for rise.answers.get_grader
+    # A worked solution ending in the answer line, where the source knows one (the generated
+    # problems do): the solution teacher's text (rise_train.collect).
+    solution: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Problem:
+        solution = data.get("solution")
         return cls(
             **{k: str(data[k]) for k in ("id", "question", "reference", "source")},
             grader=str(data.get("grader", "math")),
+            solution=None if solution is None else str(solution),
         )
 
 
@@ -212,7 +217,8 @@ def split_problems(
 
 
 def write_problems(problems: Iterable[Problem], path: str | Path) -> None:
-    """Problems as JSONL (``id``, ``question``, ``reference``, ``source``, ``grader``)."""
+    """Problems as JSONL (``id``, ``question``, ``reference``, ``source``, ``grader`` and, where
+    known, ``solution``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:

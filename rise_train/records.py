@@ -81,7 +81,7 @@ class Candidate:
     ended_with_eos: bool = True
     answer: str | None = None
     outcome: str | None = None
-    source: str = "policy"  # policy | teacher
+    source: str = "policy"  # policy | teacher | solution (rise_train.collect)
 
     @property
     def correct(self) -> bool:

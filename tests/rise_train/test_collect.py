@@ -394,3 +394,42 @@ async def test_collect_refuses_an_unknown_feedback_before_any_rollout(
     with pytest.raises(KeyError, match="unknown feedback"):
         await collect(engine, probs, tmp_path / "t.jsonl", config, progress=False)
     assert engine.requests == []
+
+
+async def test_solution_teacher_fills_only_what_best_of_n_could_not_correct(
+    tmp_path, tiny_tokenizer
+) -> None:
+    """``solution_teacher``: a correction turn without a right candidate gets the problem's worked
+    solution as one more (chosen, it is right); a turn best-of-N corrected, turn 1 and a problem
+    without a solution get none; the summary counts the actions by source."""
+    from rise_train.collect import summarize
+
+    config = CollectConfig(max_turns=2, samples=(1, 2), solution_teacher=True)
+    solution = "3 + 4 = 7.\nThe answer is \\boxed{7}."
+    probs = [
+        Problem("p-0", "Question 0: what is 3 plus 4?", "7", "test", "gsm8k", solution=solution),
+        Problem("p-1", "Question 1: what is 3 plus 4?", "7", "test", "gsm8k", solution=solution),
+        Problem("p-2", "Question 2: what is 3 plus 4?", "7", "test", "gsm8k"),  # no solution
+    ]
+
+    def script(i: int, turn: int, cand: int) -> str:
+        return "The answer is 7." if (i, turn, cand) == (1, 1, 1) else "The answer is 5."
+
+    engine = SeedScriptedEngine(tiny_tokenizer, probs, script, config)
+    out = tmp_path / "traj.jsonl"
+    await collect(engine, probs, out, config, progress=False)
+    records = read_trajectory_file(out)
+    for record, problem in zip(records, probs, strict=True):
+        check_record(record, problem, 2)
+    sources = [[[c["source"] for c in t["candidates"]] for t in r["turns"]] for r in records]
+    assert sources == [
+        [["policy"], ["policy", "policy", "solution"]],  # best-of-2 failed: the solution
+        [["policy"], ["policy", "policy"]],  # best-of-2 corrected it
+        [["policy"], ["policy", "policy"]],  # nothing to fill with
+    ]
+    taught = records[0]["turns"][1]
+    assert taught["chosen"] == 2 and taught["candidates"][2]["text"] == solution
+    assert taught["candidates"][2]["output_ids"][-1] == tiny_tokenizer.eos_token_id
+    stats = summarize(read_trajectories(out), 2)
+    assert stats.actions_by_source == {"policy": 5, "solution": 1}
+    assert stats.solved == 2
