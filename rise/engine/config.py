@@ -97,7 +97,9 @@ class EngineSettings(BaseSettings):
         "the sequence's last tokens against its own earlier text (a RISE turn often repeats "
         "its earlier turns and the question); 0 = off; unset = 4 on CPU (rise/engine/cpu.py: "
         "CPU_SPECULATIVE_TOKENS; one stream's decode there is bound by reading the weights), "
-        "off on GPU (not measured there). Sampled tokens keep their distribution: on CPU only "
+        "off on GPU (not measured there). It speeds a multi-turn solve 1.6-2x per token but "
+        "costs sampled throughput at many concurrent streams (0.63x at 32; docs/BENCHMARKS.md): "
+        "0 for such deployments. Sampled tokens keep their distribution: on CPU only "
         "with rise's correction of vLLM-CPU (rise/engine/vllm_plugin.py; without it the engine "
         "turns speculation off), tested against an exact distribution "
         "(tests/rise/test_sampling_exactness.py).",
