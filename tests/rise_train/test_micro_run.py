@@ -254,6 +254,63 @@ def test_on_policy_cycles_with_signed_advantages(
     assert set(manifest["evaluations"]) == {"base", "iter-0", "iter-1"}
 
 
+@pytest.mark.engine
+@pytest.mark.slow
+def test_iterate_with_calculator_feedback_and_the_solution_teacher(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """``iterate --feedback calculator --solution-teacher`` (issue 31's arm) end to end on
+    generated problems, which carry their worked solutions: the rollouts and the evaluations are
+    judged by the calculator, and every correction turn best-of-2 could not fix (the random tiny
+    model fixes none) gets the problem's solution, which becomes the trained target."""
+    from rise_train.arithmetic import make_problems
+    from rise_train.datasets import write_problems
+
+    train, held = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    write_problems(make_problems(8, 3, "train", 0.5, set()), train)
+    write_problems(make_problems(4, 3, "eval", 0.5, set()), held)
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "rise_train", "iterate", "--train-data", str(train),
+        "--eval-data", str(held), "--model", str(tiny_model_dir), "--run-dir", str(run_dir),
+        "--data-dir", str(tmp_path / "data"), "--turns", "2", "--eval-turns", "2",
+        "--samples", "1,2", "--max-tokens", "24", "--eval-parallel", "1", "--epochs", "1",
+        "--batch-size", "4", "--grad-accum", "1", "--feedback", "calculator",
+        "--solution-teacher", "--quiet", *ENGINE_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    config = manifest["config"]
+    assert config["collect"]["feedback"] == "calculator" and config["collect"]["solution_teacher"]
+    assert config["evaluate"]["feedback"] == "calculator"
+    (it,) = manifest["iterations"]
+    records = read_jsonl(run_dir / it["trajectories"])
+    solutions = {p["id"]: p["solution"] for p in read_jsonl(train)}
+    taught = 0
+    for record in records:
+        assert all(t["feedback"]["provider"] == "calculator" for t in record["turns"])
+        if len(record["turns"]) < 2:
+            continue
+        second = record["turns"][1]
+        policy = [c for c in second["candidates"] if c["source"] == "policy"]
+        filled = [c for c in second["candidates"] if c["source"] == "solution"]
+        if any(c["outcome"] == "correct" for c in policy):
+            assert not filled
+        else:
+            assert [c["text"] for c in filled] == [solutions[record["problem_id"]]]
+            assert second["candidates"][second["chosen"]]["source"] == "solution"
+            taught += 1
+    assert taught > 0 and it["collect"]["actions_by_source"]["solution"] == taught
+    rows = read_jsonl(run_dir / it["examples"])
+    assert sum(r["source"] == "solution" for r in rows) == taught
+    for label in ("base", "iter-0"):
+        report = json.loads((run_dir / manifest["evaluations"][label]["report"]).read_text())
+        assert set(report["feedback"]["verdicts"]) == {"calculator"}
+
+
 # -- resuming a run directory (no engine needed) -------------------------------------------------
 
 
