@@ -24,6 +24,7 @@ on the turn; the next turn's user message is the feedback's message.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,7 +113,10 @@ class CalculatorFeedback:
         from rise.feedback.calculator import find_slips
 
         started = time.perf_counter()
-        slips = tuple(str(slip) for slip in find_slips(attempt.text)[:MAX_SLIPS_NAMED])
+        # In a worker thread: a long attempt is checked in time quadratic in its length at worst
+        # (rise/feedback/calculator.py), and the service's event loop must not wait on it.
+        found = await asyncio.to_thread(find_slips, attempt.text)
+        slips = tuple(str(slip) for slip in found[:MAX_SLIPS_NAMED])
         latency = time.perf_counter() - started
         if not slips:
             message = prompts.introspection_message(attempt.question)

@@ -21,16 +21,21 @@ from fractions import Fraction
 from functools import cache
 from typing import Any
 
-_NUMBER = r"\$?\s?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+# Every run of spaces below has exactly one quantifier that can take it (a space before a number
+# belongs to "(" or "$" or the operator before it, never to two of them), and the left-hand side
+# is atomic: an attempt that never writes "=" (a model looping "1 + 2 + 3 + ...") is rejected in
+# linear time per start. The first version let two "\s*" share each gap, which is exponential
+# in the number of operands (issue 31's solution-teacher run hung on one such attempt).
+_NUMBER = r"(?:\$\s?)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
 _OPERATOR = r"(?:[-+*/x×X÷·−]|\\times|\\cdot|\\div|\btimes\b)"
 # A number may carry one unit word ("12 bags + 6 apples"); never "x" or "times", the operators.
 _UNIT = r"(?:\s+(?!(?:x|X|times)\b)[A-Za-z]+)?"
-_OPERAND = rf"\(*\s*{_NUMBER}{_UNIT}\s*\)*"
+_OPERAND = rf"(?:\(\s*)*{_NUMBER}{_UNIT}(?:\s*\))*"
 _EXPRESSION = rf"-?\s?{_OPERAND}(?:\s*{_OPERATOR}\s*{_OPERAND})+"
 # lhs = rhs, where rhs is one number not continued by an operator (chains are checked link by
 # link: "3 + 4 = 7 + 2 = 9" is "3 + 4 = 7" then "7 + 2 = 9")
 _STATEMENT = re.compile(
-    rf"(?<![\w.])(?P<lhs>{_EXPRESSION})\s*=\s*(?P<rhs>-?\s?{_NUMBER})"
+    rf"(?<![\w.])(?P<lhs>(?>{_EXPRESSION}))\s*=\s*(?P<rhs>-?\s?{_NUMBER})"
     rf"(?![\d.]*\s*{_OPERATOR}\s*\(*\s*\$?\d)(?!\.?\d)"
 )
 _SYMBOLS = {"\\times": "*", "\\cdot": "*", "\\div": "/", "×": "*", "·": "*", "÷": "/", "−": "-"}

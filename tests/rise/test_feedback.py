@@ -302,3 +302,24 @@ async def test_loop_stops_on_a_verifiers_correct_without_a_reference(
 def test_a_named_slip_is_followed_up_fixed_repeated_or_dropped(later: str, follow_up: str) -> None:
     (slip,) = find_slips("12 x 6 = 62")
     assert slip_followed_up(str(slip), later) == follow_up
+
+
+def test_calculator_rejects_a_long_run_without_equals_in_polynomial_time() -> None:
+    """A looping attempt ("1 + 2 + 3 + ..." and never "=") once made the statement pattern
+    backtrack exponentially (two "\\s*" sharing each gap): 12 operands did not finish in 20 s,
+    and issue 31's solution-teacher run hung on such an attempt. Checked in a child process so
+    a regression fails by the (generous) deadline instead of hanging the suite; no timing is
+    asserted beyond "it finishes"."""
+    import subprocess
+    import sys
+
+    code = (
+        "from rise.feedback.calculator import find_slips, statements\n"
+        "run = ' + '.join(str(i) for i in range(1, 400))\n"
+        "assert statements(run + ' is the sum') == []\n"
+        "assert statements('( ' * 60 + '1 + 2' + ' )' * 60 + ' apples and more') == []\n"
+        "(slip,) = find_slips(' + '.join(['1'] * 300) + ' = 7')\n"
+        "assert slip.value == 300 and slip.written == '7'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
