@@ -48,6 +48,12 @@ class Problem:
     def to_dict(self) -> dict[str, str]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def identity(self) -> dict[str, str]:
+        """What makes the problem this problem (provenance hashes): every field but the
+        solution, which adds nothing its draw did not decide, so hashes from before solutions
+        existed still compare."""
+        return {k: v for k, v in self.to_dict().items() if k != "solution"}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Problem:
         solution = data.get("solution")

@@ -120,10 +120,7 @@ def spec_files(spec: str) -> list[Path]:
 
 
 def data_entry(data: DataSet) -> dict[str, Any]:
-    # The problems' identity: a worked solution adds nothing the problem's draw did not decide,
-    # so it stays out and hashes from before solutions existed still compare.
-    identity = [{k: v for k, v in p.to_dict().items() if k != "solution"} for p in data.problems]
-    subset = json.dumps(identity, sort_keys=True).encode()
+    subset = json.dumps([p.identity() for p in data.problems], sort_keys=True).encode()
     return {
         "spec": data.spec,
         "files": {str(p.resolve()): sha256_file(p) for p in data.files},
